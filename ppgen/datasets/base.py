@@ -1,0 +1,89 @@
+"""The :class:`Dataset` record every loader returns."""
+
+from __future__ import annotations
+
+__all__ = ["Dataset", "SPLITS"]
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ppgen.datasets.validation import DataError, check_batch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A split of a dataset, validated on construction.
+
+    Attributes:
+        name: the dataset's name (``"digits"``, ``"moons"``, a file path...).
+        data: ``Tensor[N, *event_shape]``, float32. Discrete data holds integers ``0..levels-1``.
+        kind: ``"binary"``, ``"discrete"`` or ``"continuous"``.
+        levels: number of levels for discrete data (2 for binary), None for continuous.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` for user data.
+        labels: optional ``LongTensor[N]`` of class labels (digits), used for context and plots.
+        true_log_prob: ``x -> Tensor[N]`` in nats where the data density is known, else None.
+        entropy: the data density's differential entropy in nats, where known.
+    """
+
+    name: str
+    data: Tensor
+    kind: str
+    levels: int | None = None
+    split: str = "all"
+    labels: Tensor | None = None
+    true_log_prob: Callable[[Tensor], Tensor] | None = None
+    entropy: float | None = None
+
+    def __post_init__(self) -> None:
+        if not torch.is_tensor(self.data):
+            raise DataError(f"dataset {self.name!r}: data must be a tensor")
+        if self.data.dim() < 2:
+            raise DataError(
+                f"dataset {self.name!r}: data has shape {tuple(self.data.shape)}; it needs a "
+                "batch dim and at least one event dim, e.g. (N, D)"
+            )
+        levels = 2 if self.kind == "binary" else self.levels
+        if self.kind == "discrete" and (levels is None or levels < 2):
+            raise DataError(f"dataset {self.name!r}: discrete data needs levels >= 2")
+        if self.kind == "continuous" and levels is not None:
+            raise DataError(f"dataset {self.name!r}: continuous data takes no levels")
+        object.__setattr__(self, "levels", levels)
+        check_batch(self.data, self.data.shape[1:], self.kind, levels, what=f"dataset {self.name!r}")
+        if self.data.dtype != torch.float32:
+            object.__setattr__(self, "data", self.data.to(torch.float32))
+        if self.labels is not None and self.labels.shape[0] != self.data.shape[0]:
+            raise DataError(f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points")
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Shape of one data point."""
+        return tuple(self.data.shape[1:])
+
+    @property
+    def num_dims(self) -> int:
+        """D, the number of scalar dimensions of one point (bits/dim divides by it)."""
+        return math.prod(self.event_shape)
+
+    def spec(self) -> dict:
+        """The data facts a model config records: ``event_shape``, ``kind``, ``levels``."""
+        return {"event_shape": self.event_shape, "kind": self.kind, "levels": self.levels}
+
+    def subset(self, n: int) -> Dataset:
+        """The first ``n`` points (for quick runs and tests)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return dataclasses.replace(self, data=self.data[:n], labels=labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"event_shape={self.event_shape}, kind={self.kind!r}, levels={self.levels})"
+        )

@@ -1,0 +1,53 @@
+"""Every buildable family, by name.
+
+Example:
+    >>> import ppgen
+    >>> isinstance(ppgen.models.names(), list)
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = ["AbstractGenerativeModel", "ModelConfig", "build", "family_name", "get", "names"]
+
+from typing import Any
+
+from ppgen.datasets.base import Dataset
+from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+
+# One line per family: name -> final class. Keep sorted by family kind, then name.
+_FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
+}
+
+
+def names() -> list[str]:
+    """Every family name :func:`build` accepts."""
+    return list(_FAMILIES)
+
+
+def get(name: str) -> type[AbstractGenerativeModel]:
+    """The class of family ``name``."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {names()}") from None
+
+
+def family_name(model: AbstractGenerativeModel) -> str | None:
+    """The registry name of ``model``'s class, or None for a user's own class."""
+    for name, cls in _FAMILIES.items():
+        if type(model) is cls:
+            return name
+    return None
+
+
+def build(name: str, dataset: Dataset, **hparams: Any) -> AbstractGenerativeModel:
+    """Build family ``name`` for ``dataset``'s shape and kind with hyperparameters ``hparams``.
+
+    """
+    cls = get(name)
+    spec = dataset.spec()
+    clash = sorted(set(spec) & set(hparams))
+    if clash:
+        raise ValueError(f"{clash[0]!r} comes from the dataset; do not pass it to build()")
+    return cls(**spec, **hparams)

@@ -1,0 +1,34 @@
+"""Test environment: float64 by default, --device/--dtype options, a seed per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("PPGEN_TEST_THREADS", "2")))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="device for tests that honour it (cpu, cuda)")
+    parser.addoption("--dtype", default="float64", choices=["float32", "float64"],
+                     help="dtype for exact mathematical checks")
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.config.getoption("--device"))
+
+
+@pytest.fixture
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return getattr(torch, request.config.getoption("--dtype"))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same random state (torch, numpy, random)."""
+    import pyro
+
+    pyro.set_rng_seed(0)
