@@ -1,11 +1,33 @@
-"""ppgen: deep generative models as Pyro programs. Define, fit, score honestly, look inside."""
+"""ppgen: deep generative models as Pyro programs. Define, fit, score honestly, look inside.
+
+Example:
+    >>> import ppgen
+    >>> train = ppgen.datasets.load("digits", split="train")
+    >>> m = ppgen.build("independent", train)
+    >>> hist = ppgen.fit(m, train, steps=20, batch_size=100, lr=0.05, progress=False)
+    >>> ev = ppgen.evaluate(m, ppgen.datasets.load("digits", split="test"))
+    >>> ev.kind, ev.bits_per_dim < 4.087  # better than uniform over 17 levels
+    ('exact', True)
+"""
 
 from __future__ import annotations
 
-__all__ = ["build", "datasets", "evaluate", "inference", "models"]
+__all__ = [
+    "build",
+    "checkpoint",
+    "datasets",
+    "evaluate",
+    "fit",
+    "inference",
+    "load",
+    "models",
+    "save",
+]
 
-from ppgen import datasets, inference, models
+from ppgen import checkpoint, datasets, inference, models
+from ppgen.checkpoint import load, save
 from ppgen.inference.likelihood import evaluate
+from ppgen.inference.trainer import fit
 from ppgen.models import build
 
 __version__ = "0.1.0"

@@ -48,6 +48,11 @@ class AbstractObjective(nn.Module, abc.ABC):
         plus the objective's own, in one group ``"model"``."""
         return {"model": [*model.parameters(), *self.parameters()]}
 
+    def optimizer_options(self, group: str, lr: float) -> dict[str, Any]:
+        """Keyword arguments of ``torch.optim.Adam`` for ``group`` (e.g. a GAN's separate
+        learning rates and betas). Default: the trainer's ``lr``."""
+        return {"lr": lr}
+
     def schedule(self, step: int) -> Sequence[str]:
         """The groups that update at ``step``, in order; each gets the step's batch."""
         return ("model",)

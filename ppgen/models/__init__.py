@@ -2,7 +2,7 @@
 
 Example:
     >>> import ppgen
-    >>> isinstance(ppgen.models.names(), list)
+    >>> "independent" in ppgen.models.names()
     True
 """
 
@@ -14,9 +14,11 @@ from typing import Any
 
 from ppgen.datasets.base import Dataset
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+from ppgen.models.independent import Independent
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
+    "independent": Independent,
 }
 
 

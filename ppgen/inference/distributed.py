@@ -1,0 +1,101 @@
+"""Data-parallel training under ``torchrun``: detection, process group, sharding, reduction.
+
+When launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the trainer initializes a
+process group (``gloo`` on CPU, ``nccl`` on CUDA), gives each rank a contiguous slice of every
+global batch, and wraps the objective's loss in ``DistributedDataParallel`` so gradients are
+averaged across ranks. Because each rank's loss is a mean over an equal slice, the averaged
+gradient equals the one-process gradient of the same global batch. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Context", "all_reduce_sum", "barrier", "init", "shard", "wrap"]
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Where this process stands: rank, world size and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device: torch.device) -> Context:
+    """Detect ``torchrun``'s environment and join (or reuse) its process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Context(0, 1, device)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world_size, device)
+
+
+def shard(indices: Tensor, ctx: Context) -> Tensor:
+    """This rank's contiguous slice of a global batch of indices."""
+    if not ctx.distributed:
+        return indices
+    if len(indices) % ctx.world_size:
+        raise ValueError(
+            f"the global batch ({len(indices)}) must be divisible by the number of processes "
+            f"({ctx.world_size}); choose another --batch-size"
+        )
+    per = len(indices) // ctx.world_size
+    return indices[ctx.rank * per : (ctx.rank + 1) * per]
+
+
+class _Loss(nn.Module):
+    """The objective's loss as a module's ``forward``, so DDP can hook its backward."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: Tensor, context: Tensor | None, group: str, step: int) -> Tensor:
+        return self.objective.loss(self.model, x, context, group, step)
+
+
+def wrap(model: nn.Module, objective: nn.Module, ctx: Context) -> Callable[..., Tensor]:
+    """A callable ``(x, context, group, step) -> loss``; gradient-averaging under DDP."""
+    loss = _Loss(model, objective)
+    if not ctx.distributed or not any(p.requires_grad for p in loss.parameters()):
+        return loss
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
+
+
+def all_reduce_sum(values: tuple[float, ...], ctx: Context) -> tuple[float, ...]:
+    """Sum numbers over ranks (identity in one process)."""
+    if not ctx.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    torch_dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def barrier(ctx: Context) -> None:
+    """Wait for every rank (no-op in one process)."""
+    if ctx.distributed:
+        torch_dist.barrier()

@@ -1,0 +1,619 @@
+"""One training loop for every family.
+
+:func:`fit` reads only the protocol: the model's declared ``default_objective`` and hooks
+(``initialize``, ``fit_defaults``, ``conditional``), and the objective's parameter groups,
+schedule and losses. It owns devices, minibatches, optimizers, gradient clipping, the
+non-finite guard, EMA, validation with best-checkpoint and early stopping, checkpoints and
+exact resume, progress bars, signals (Ctrl-C / SIGTERM save and stop cleanly), a lock on the
+run directory, and data-parallel training under ``torchrun`` (see :mod:`ppgen.inference.distributed`).
+
+Reproducibility: the batch at step ``s`` is a function of ``(seed, s)`` alone (epoch ``e`` uses the
+permutation drawn from ``seed`` and ``e``), and the RNG states travel in the checkpoint, so
+fitting 2N steps equals fitting N, stopping, and resuming N, to the bit on CPU.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FitError", "History", "NonFiniteLossError", "TrainingInterrupted", "fit"]
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor
+
+from ppgen import checkpoint as ckpt
+from ppgen.datasets.base import Dataset
+from ppgen.datasets.validation import DataError, check_batch
+from ppgen.inference import distributed as dist_utils
+from ppgen.inference.objectives import AbstractObjective, make_objective
+from ppgen.models.base import AbstractGenerativeModel
+
+
+class FitError(ValueError):
+    """Training cannot start or go on (bad arguments, a locked run directory...)."""
+
+
+class NonFiniteLossError(FitError):
+    """A loss or gradient became NaN/inf; the parameters are those of the last good step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after finishing a step and saving a checkpoint.
+
+    Attributes:
+        signum: the signal received.
+        step: the number of completed steps.
+        checkpoint: the checkpoint written, or None when training had no ``out`` directory.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted by signal {signum} after step {step}")
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        """The conventional shell exit code: 128 + signal number (130 for SIGINT)."""
+        return 128 + self.signum
+
+
+@dataclasses.dataclass
+class History:
+    """What happened during :func:`fit`.
+
+    Attributes:
+        train: one record per logged step: ``{"step", "loss" (or "loss/<group>"), "time"}``.
+        val: one record per validation: ``{"step", "val_loss"}``.
+        best_step / best_val: the best validation so far (None without validation data).
+        steps: completed steps.
+        out: the run directory, if any.
+        skipped_steps: steps skipped for a non-finite loss (``on_nonfinite="skip"``).
+    """
+
+    train: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    val: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_step: int | None = None
+    best_val: float | None = None
+    steps: int = 0
+    out: str | None = None
+    skipped_steps: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def loss(self) -> list[float]:
+        """The logged training loss (summed over groups) per logged step."""
+        return [sum(v for k, v in r.items() if k.startswith("loss")) for r in self.train]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        return cls(**data)
+
+
+# ---- small pieces ---------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and random together, as Pyro's ``set_rng_seed`` does."""
+    pyro.set_rng_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "random": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int, generator_device: str = "cpu") -> Tensor:
+    """Indices of the batch used at ``step``: epoch ``e`` walks a permutation drawn from
+    ``(seed, e)``, dropping the last partial batch. A pure function of its arguments."""
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, b = divmod(step, per_epoch)
+    g = torch.Generator(device=generator_device).manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[b * batch_size : (b + 1) * batch_size]
+
+
+class _EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    A dozen lines instead of ``torch.optim.swa_utils.AveragedModel``: that wrapper deep-copies
+    the module and averages through ``forward``, whereas ppgen's families are used through
+    ``log_prob``/``sample``/Pyro programs, and the trainer needs the averaged tensors as a plain
+    state dict for checkpoints and swapping.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise FitError(f"ema must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.is_floating_point():
+                s.lerp_(v, 1.0 - self.decay)
+            else:
+                s.copy_(v)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module) -> Iterator[None]:
+        """Temporarily load the averaged weights into ``model``."""
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(raw)
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only); a second
+    SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on the run directory: two fits never interleave checkpoints."""
+    import fcntl
+
+    path = out / ".lock"
+    f = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise FitError(
+                f"{out} is in use by another ppgen fit ({holder}); use another --out directory "
+                "or wait for that run to finish"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _as_tensors(data: Dataset | Tensor, model: AbstractGenerativeModel, what: str) -> tuple[Tensor, Tensor | None]:
+    if isinstance(data, Dataset):
+        x, labels = data.data, data.labels
+    elif torch.is_tensor(data):
+        x, labels = data, None
+    else:
+        raise DataError(f"{what} must be a ppgen Dataset or a tensor, got {type(data).__name__}")
+    cfg = model.config
+    check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
+    if model.conditional and labels is None:
+        raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
+    return x, (labels if model.conditional else None)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def fit(
+    model: AbstractGenerativeModel,
+    data: Dataset | Tensor,
+    *,
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    val: Dataset | Tensor | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    objective: str | None = None,
+    objective_options: dict[str, Any] | None = None,
+    ema: float | None = None,
+    clip_grad: float | None = None,
+    weight_decay: float = 0.0,
+    eval_every: int | None = None,
+    patience: int | None = None,
+    checkpoint_every: int | None = None,
+    log_every: int = 10,
+    on_nonfinite: Literal["raise", "skip"] = "raise",
+    max_skipped: int = 10,
+) -> History:
+    """Fit ``model`` to ``data`` with its objective, through one shared loop.
+
+    Arguments:
+        model: any ppgen model.
+        data: the training :class:`~ppgen.datasets.Dataset` (or a tensor).
+        steps: total optimizer steps (with ``resume``, the total including those done).
+        batch_size: examples per step (the global batch under ``torchrun``).
+        lr: Adam learning rate (default: the family's ``fit_defaults`` or ``1e-3``).
+        seed: seeds torch, numpy and random (plus the rank under ``torchrun``) and the batch order.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        val: validation data; enables ``best.pt`` and early stopping.
+        out: run directory for ``config.json``, ``checkpoint.pt``, ``best.pt``, ``history.json``
+            and ``training_curve.png``; None trains in memory.
+        resume: continue from ``out/checkpoint.pt`` (falling back to the previous checkpoint when
+            the latest is damaged).
+        progress: show a tqdm progress bar.
+        objective: objective name (default: ``model.default_objective``).
+        objective_options: keyword options of the objective.
+        ema: EMA decay of the weights (e.g. 0.999); validation, ``best.pt`` and the returned model
+            use the averaged weights.
+        clip_grad: max gradient norm per parameter group, or None.
+        weight_decay: Adam weight decay.
+        eval_every: steps between validations (default: ``max(steps // 20, 1)``).
+        patience: stop after this many validations without improvement.
+        checkpoint_every: steps between checkpoints (default: ``eval_every``); one is always
+            written at the end.
+        log_every: steps between history records / progress-bar updates.
+        on_nonfinite: ``"raise"`` stops with :class:`NonFiniteLossError`, ``"skip"`` skips the
+            update (at most ``max_skipped`` in a row).
+
+    Returns:
+        A :class:`History`. The model is left on ``device``, in eval mode, holding the EMA
+        weights when ``ema`` is set.
+
+    Raises:
+        DataError / FitError: bad data or arguments, before any work is done.
+        NonFiniteLossError: non-finite loss or gradient (the last good checkpoint stays whole).
+        TrainingInterrupted: SIGINT/SIGTERM (after finishing the step and saving a checkpoint).
+    """
+    defaults = model.fit_defaults()
+    lr = lr if lr is not None else defaults.get("lr", 1e-3)
+    ema = ema if ema is not None else defaults.get("ema")
+    clip_grad = clip_grad if clip_grad is not None else defaults.get("clip_grad")
+    objective = objective or defaults.get("objective") or model.default_objective
+    objective_options = {**defaults.get("objective_options", {}), **(objective_options or {})}
+    if steps < 1 or batch_size < 1:
+        raise FitError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    if on_nonfinite not in ("raise", "skip"):
+        raise FitError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    if resume and out is None:
+        raise FitError("resume=True needs out= (the run directory to resume from)")
+    x_train, c_train = _as_tensors(data, model, "training data")
+    x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data")
+    eval_every = eval_every or max(steps // 20, 1)
+    checkpoint_every = checkpoint_every or eval_every
+
+    ctx = dist_utils.init(resolve_device(device))
+    device = ctx.device
+    seed_everything(seed + ctx.rank)
+    model.to(device)
+    obj = make_objective(objective, model, **objective_options).to(device)
+    groups = obj.param_groups(model)
+    optimizers = {
+        g: torch.optim.Adam(params, weight_decay=weight_decay, **obj.optimizer_options(g, lr))
+        for g, params in groups.items()
+    }
+    ema_state = _EMA(model, ema) if ema is not None else None
+    history = History(out=None if out is None else str(out))
+    out_dir = Path(out) if out is not None else None
+    fit_args = {
+        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "objective": objective,
+        "objective_options": objective_options, "ema": ema, "clip_grad": clip_grad,
+        "weight_decay": weight_decay, "world_size": ctx.world_size,
+    }
+
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None and ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_run_lock(out_dir))
+        start = 0
+        if resume:
+            start = _resume(out_dir, model, obj, optimizers, ema_state, history, ctx)  # type: ignore[arg-type]
+        elif out_dir is not None and ctx.is_main:
+            _write_config(out_dir, model, fit_args)
+        if start == 0:
+            with torch.no_grad():
+                idx = batch_indices(len(x_train), batch_size, seed, 0)
+                model.initialize(x_train[idx].to(device=device, dtype=_dtype(model)))
+            if ema_state is not None:
+                ema_state = _EMA(model, ema)  # type: ignore[arg-type]
+        model_ddp = dist_utils.wrap(model, obj, ctx)
+        guard = stack.enter_context(_SignalGuard())
+        bar = _progress(progress and ctx.is_main, start, steps)
+        t0 = time.perf_counter() - history.elapsed
+        consecutive_skips = 0
+        step = start
+        model.train()
+        while step < steps:
+            idx = batch_indices(len(x_train), batch_size, seed, step)
+            idx = dist_utils.shard(idx, ctx)
+            xb = x_train[idx].to(device=device, dtype=_dtype(model), non_blocking=True)
+            cb = None if c_train is None else c_train[idx].to(device)
+            losses: dict[str, float] = {}
+            skipped = False
+            for group in obj.schedule(step):
+                opt = optimizers[group]
+                opt.zero_grad(set_to_none=True)
+                loss = model_ddp(xb, cb, group, step)
+                bad = not torch.isfinite(loss).item()
+                if not bad:
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(
+                        groups[group], clip_grad if clip_grad is not None else math.inf
+                    )
+                    bad = not torch.isfinite(norm).item()
+                if bad:
+                    if on_nonfinite == "raise" or consecutive_skips >= max_skipped:
+                        raise NonFiniteLossError(
+                            f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at "
+                            f"step {step} (group {group!r}, loss={loss.item()}); batch: "
+                            f"{_batch_stats(xb)}. The last good checkpoint is kept. Lower the lr, "
+                            "set clip_grad, or pass on_nonfinite='skip'."
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    skipped = True
+                    continue
+                opt.step()
+                losses[f"loss/{group}" if len(groups) > 1 else "loss"] = loss.item()
+            consecutive_skips = consecutive_skips + 1 if skipped else 0
+            history.skipped_steps += int(skipped)
+            if ema_state is not None:
+                ema_state.update(model)
+            step += 1
+            history.steps = step
+            if step % log_every == 0 or step == steps:
+                history.train.append({"step": step, **losses, "time": time.perf_counter() - t0})
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+            if bar is not None:
+                bar.update(1)
+            stop_early = False
+            if x_val is not None and (step % eval_every == 0 or step == steps):
+                stop_early = _validate(
+                    model, obj, x_val, c_val, ema_state, history, step, out_dir, ctx, patience,
+                    batch_size,
+                )
+            history.elapsed = time.perf_counter() - t0
+            if guard.signum is not None:
+                path = _save_run(out_dir, model, obj, optimizers, ema_state, history, step, ctx)
+                if bar is not None:
+                    bar.close()
+                raise TrainingInterrupted(guard.signum, step, path)
+            if out_dir is not None and (step % checkpoint_every == 0 or step == steps or stop_early):
+                _save_run(out_dir, model, obj, optimizers, ema_state, history, step, ctx)
+            if stop_early:
+                break
+        if bar is not None:
+            bar.close()
+        history.elapsed = time.perf_counter() - t0
+        if ema_state is not None:
+            model.load_state_dict(ema_state.shadow)
+        model.eval()
+        if out_dir is not None and ctx.is_main:
+            (out_dir / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+            _plot_curve(out_dir, history)
+    dist_utils.barrier(ctx)
+    return history
+
+
+def _dtype(model: AbstractGenerativeModel) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None else torch.get_default_dtype()
+
+
+def _batch_stats(x: Tensor) -> str:
+    x = x.detach().double()
+    return (f"shape {tuple(x.shape)}, mean {x.mean():.4g}, std {x.std():.4g}, "
+            f"min {x.min():.4g}, max {x.max():.4g}")
+
+
+def _progress(enabled: bool, start: int, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="fit", dynamic_ncols=True, file=sys.stderr)
+
+
+@torch.no_grad()
+def _validate(
+    model: AbstractGenerativeModel,
+    obj: AbstractObjective,
+    x_val: Tensor,
+    c_val: Tensor | None,
+    ema_state: _EMA | None,
+    history: History,
+    step: int,
+    out_dir: Path | None,
+    ctx: dist_utils.Context,
+    patience: int | None,
+    batch_size: int,
+) -> bool:
+    """Record the validation loss; write best.pt on improvement. Returns True to stop early."""
+    device, dtype = ctx.device, _dtype(model)
+    swap = ema_state.swapped_in(model) if ema_state is not None else contextlib.nullcontext()
+    model.eval()
+    total, count = 0.0, 0
+    with swap:
+        idx = dist_utils.shard(torch.arange(len(x_val)), ctx)
+        for start in range(0, len(idx), max(batch_size, 256)):
+            part = idx[start : start + max(batch_size, 256)]
+            xb = x_val[part].to(device=device, dtype=dtype)
+            cb = None if c_val is None else c_val[part].to(device)
+            value = obj.validation_loss(model, xb, cb)
+            if value is None:
+                model.train()
+                return False
+            total += float(value) * len(part)
+            count += len(part)
+        total, count = dist_utils.all_reduce_sum((total, count), ctx)
+        val_loss = total / count
+        history.val.append({"step": step, "val_loss": val_loss})
+        improved = history.best_val is None or val_loss < history.best_val
+        if improved:
+            history.best_val, history.best_step = val_loss, step
+            if out_dir is not None and ctx.is_main:
+                ckpt.write_checkpoint(out_dir / "best.pt", ckpt.model_payload(model))
+    model.train()
+    if patience is None or improved:
+        return False
+    since = sum(1 for r in history.val if r["step"] > (history.best_step or 0))
+    return since >= patience
+
+
+def _write_config(out_dir: Path, model: AbstractGenerativeModel, fit_args: dict[str, Any]) -> None:
+    payload = ckpt.model_payload(model)
+    config = {"family": payload["family"], "model": payload["config"], "fit": fit_args,
+              "argv": sys.argv}
+    tmp = out_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, out_dir / "config.json")
+
+
+def _save_run(
+    out_dir: Path | None,
+    model: AbstractGenerativeModel,
+    obj: AbstractObjective,
+    optimizers: dict[str, torch.optim.Optimizer],
+    ema_state: _EMA | None,
+    history: History,
+    step: int,
+    ctx: dist_utils.Context,
+) -> Path | None:
+    """Write ``checkpoint.pt`` atomically, keeping the previous one as ``checkpoint.prev.pt``."""
+    if out_dir is None or not ctx.is_main:
+        return None
+    eval_payload = ckpt.model_payload(model)
+    if ema_state is not None:
+        eval_payload["state_dict"] = ema_state.shadow
+    payload = {
+        "format": ckpt.FORMAT_VERSION,
+        "model": eval_payload,
+        "raw_state_dict": model.state_dict() if ema_state is not None else None,
+        "objective": {"name": obj.name, "options": obj.options, "state_dict": obj.state_dict()},
+        "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
+        "ema_decay": None if ema_state is None else ema_state.decay,
+        "rng": _rng_state(),
+        "step": step,
+        "history": history.to_dict(),
+    }
+    path = out_dir / "checkpoint.pt"
+    tmp = out_dir / "checkpoint.next.pt"
+    ckpt.write_checkpoint(tmp, payload)  # whole and fsynced before anything is renamed
+    if path.exists():
+        os.replace(path, out_dir / "checkpoint.prev.pt")
+    os.replace(tmp, path)
+    ckpt._fsync_dir(out_dir)
+    return path
+
+
+def _resume(
+    out_dir: Path,
+    model: AbstractGenerativeModel,
+    obj: AbstractObjective,
+    optimizers: dict[str, torch.optim.Optimizer],
+    ema_state: _EMA | None,
+    history: History,
+    ctx: dist_utils.Context,
+) -> int:
+    """Load the newest whole checkpoint of ``out_dir`` into the run; returns its step."""
+    candidates = [out_dir / n for n in ("checkpoint.pt", "checkpoint.next.pt", "checkpoint.prev.pt")]
+    errors = []
+    payload = None
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            payload = ckpt.read_checkpoint(path, map_location=ctx.device)
+            ckpt.check_compatible(model, payload["model"], str(path))
+        except ckpt.CheckpointError as e:
+            if "config differs" in str(e) or "holds a" in str(e):
+                raise
+            errors.append(str(e))
+            payload = None
+            continue
+        if errors and ctx.is_main:
+            print(f"ppgen: {errors[-1]}; resuming from {path.name} instead", file=sys.stderr)
+        break
+    if payload is None:
+        detail = "; ".join(errors) if errors else "no checkpoint.pt"
+        raise ckpt.CheckpointError(f"{out_dir}: nothing to resume from ({detail})")
+    raw = payload["raw_state_dict"] or payload["model"]["state_dict"]
+    model.load_state_dict(raw)
+    if ema_state is not None:
+        if payload["ema_decay"] is None:
+            raise FitError(f"{out_dir}: the run was trained without EMA; resume without ema")
+        ema_state.shadow = {k: v.to(ctx.device) for k, v in payload["model"]["state_dict"].items()}
+    obj.load_state_dict(payload["objective"]["state_dict"])
+    for g, opt in optimizers.items():
+        opt.load_state_dict(payload["optimizers"][g])
+    restored = History.from_dict(payload["history"])
+    for f in dataclasses.fields(History):
+        setattr(history, f.name, getattr(restored, f.name))
+    history.out = str(out_dir)
+    _set_rng_state(payload["rng"])
+    return int(payload["step"])
+
+
+def _plot_curve(out_dir: Path, history: History) -> None:
+    try:
+        from ppgen.plots import training_curve
+
+        training_curve(history, path=out_dir / "training_curve.png")
+    except (OSError, ValueError) as e:  # a figure is never worth losing a run over
+        print(f"ppgen: could not write the training curve: {e}", file=sys.stderr)
