@@ -1,0 +1,314 @@
+"""The ``ppgen`` command: ``list | fit | evaluate | sample | inspect | compare | benchmark``.
+
+Hyperparameters are dotted overrides generated from the family's config dataclass
+(``--model.hidden=512,512``, ``--objective.loss=hinge``); values are parsed as JSON, then as a
+comma-separated list, never executed. ``fit`` writes the command and the config into the run
+directory (``config.json``). Errors from bad input print one line and exit with status 2;
+an interrupted fit exits 130 (SIGINT) or 143 (SIGTERM) after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppgen import checkpoint as ckpt
+from ppgen import datasets, models
+from ppgen.datasets.base import Dataset
+from ppgen.inference.likelihood import evaluate
+from ppgen.inference.trainer import FitError, TrainingInterrupted, fit
+from ppgen.models.base import AbstractGenerativeModel
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as data: JSON (``512``, ``0.3``, ``true``, ``[1, 2]``, ``"a"``), else a
+    comma-separated list of such values (``512,512``), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part != ""]
+    lowered = text.lower()
+    if lowered in ("true", "false", "none", "null"):
+        return {"true": True, "false": False}.get(lowered)
+    return text
+
+
+def parse_overrides(extra: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["--model.hidden=64,64", "--objective.loss", "hinge"]`` ->
+    ``{"model": {"hidden": [64, 64]}, "objective": {"loss": "hinge"}}``."""
+    out: dict[str, dict[str, Any]] = {"model": {}, "objective": {}}
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or "." not in item:
+            raise ValueError(f"unrecognized argument {item!r}; overrides look like --model.hidden=64")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(items):
+                raise ValueError(f"{item} needs a value")
+            value = items[i + 1]
+            i += 1
+        scope, _, name = key.partition(".")
+        if scope not in out or not name:
+            raise ValueError(f"unknown override scope in {item!r}; use --model.X or --objective.X")
+        out[scope][name.replace("-", "_")] = parse_value(value)
+        i += 1
+    return out
+
+
+def resolve_family(name: str) -> type[AbstractGenerativeModel]:
+    """A registered family name, or ``package.module:Class`` for a user's own model class."""
+    if ":" not in name:
+        return models.get(name)
+    module, _, qualname = name.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import model class {name!r}: {e}") from None
+    finally:
+        sys.path.pop(0)
+    if not (isinstance(obj, type) and issubclass(obj, AbstractGenerativeModel)):
+        raise ValueError(f"{name!r} is not a subclass of ppgen.models.AbstractGenerativeModel")
+    return obj
+
+
+def load_data(name: str, split: str) -> Dataset:
+    return datasets.load(name, split=split)
+
+
+def _run_model_path(run: str) -> Path:
+    path = Path(run)
+    if path.is_file():
+        return path
+    for candidate in ("best.pt", "checkpoint.pt"):
+        if (path / candidate).exists():
+            return path / candidate
+    raise ckpt.CheckpointError(f"{run}: no best.pt or checkpoint.pt in this run directory")
+
+
+def _load_run(run: str) -> tuple[AbstractGenerativeModel, dict[str, Any]]:
+    path = _run_model_path(run)
+    config_path = (path.parent if path.is_file() else path) / "config.json"
+    run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    family = run_config.get("family", "")
+    model_class = resolve_family(family) if ":" in family else None
+    return ckpt.load(path, model_class=model_class), run_config
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    print("families:")
+    for name in models.names():
+        cls = models.get(name)
+        fields = [f.name for f in dataclasses.fields(cls.Config)
+                  if f.name not in ("event_shape", "kind", "levels")]
+        print(f"  {name:16s} likelihood={cls.likelihood:6s} hyperparameters: {', '.join(fields)}")
+    print("datasets:")
+    for name in datasets.names():
+        print(f"  {name}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    overrides = parse_overrides(extra)
+    cls = resolve_family(args.model)
+    train = load_data(args.data, "train")
+    val = None if args.no_val else load_data(args.data, "val")
+    model = cls(**train.spec(), **overrides["model"])
+    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
+    history = fit(
+        model, train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        device=args.device, val=val, out=out, resume=args.resume, progress=not args.no_progress,
+        objective=args.objective, objective_options=overrides["objective"] or None, ema=args.ema,
+        clip_grad=args.clip_grad, patience=args.patience,
+    )
+    config_path = out / "config.json"
+    run_config = json.loads(config_path.read_text())
+    run_config["data"] = args.data
+    config_path.write_text(json.dumps(run_config, indent=2))
+    ev = evaluate(model, val if val is not None else train, seed=args.seed)
+    print(f"fit {args.model} on {args.data}: {history.steps} steps in {history.elapsed:.1f}s; "
+          f"{'val' if val is not None else 'train'}: {ev}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    model, run_config = _load_run(args.run)
+    name = args.data or run_config.get("data")
+    if name is None:
+        raise ValueError("pass --data (the run directory does not record its dataset)")
+    data = load_data(name, args.split)
+    ev = evaluate(model, data, estimator=args.estimator, num_particles=args.num_particles,
+                  seed=args.seed)
+    result: dict[str, Any] = {"likelihood": ev.to_dict(), "data": name, "split": args.split}
+    print(f"{name}/{args.split}: {ev}")
+    print(f"  convention: {ev.convention}")
+    if args.metrics:
+        from ppgen.inference import metrics
+
+        table = metrics.metrics_table(model, data, metrics=args.metrics, seed=args.seed)
+        result["metrics"] = table
+        print(metrics.format_table(table))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen.plots import sample_grid
+
+    model, _ = _load_run(args.run)
+    x = model.sample(args.n, seed=args.seed)
+    out = Path(args.output)
+    if out.suffix == ".npy":
+        import numpy as np
+
+        np.save(out, x.detach().cpu().numpy())
+    else:
+        sample_grid(x, out, levels=model.config.levels)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen.inference import analysis
+
+    a, config_a = _load_run(args.run_a)
+    b, _ = _load_run(args.run_b)
+    name = args.data or config_a.get("data")
+    if name is None:
+        raise ValueError("pass --data")
+    result = analysis.compare(a, b, load_data(name, args.split), seed=args.seed)
+    print(result)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen.inference import posterior
+
+    model, run_config = _load_run(args.run)
+    name = args.data or run_config.get("data")
+    if name is None:
+        raise ValueError("pass --data")
+    data = load_data(name, args.split)
+    out = Path(args.out or (Path(args.run) if Path(args.run).is_dir() else Path(".")))
+    posterior.inspect(model, data, out=out, num_points=args.num_points, seed=args.seed,
+                      method=args.method)
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen import benchmark
+
+    benchmark.run(data=args.data, preset=args.preset, families=args.families, out=args.out,
+                  seed=args.seed, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppgen", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="families and datasets").set_defaults(fn=cmd_list)
+
+    f = sub.add_parser("fit", help="train a model; overrides: --model.X=V --objective.X=V")
+    f.add_argument("model", help="family name (see `ppgen list`) or package.module:Class")
+    f.add_argument("--data", required=True, help="embedded dataset name or a .npy/.npz/.csv file")
+    f.add_argument("--steps", type=int, default=2000)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=None)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
+    f.add_argument("--resume", action="store_true")
+    f.add_argument("--objective", default=None)
+    f.add_argument("--ema", type=float, default=None)
+    f.add_argument("--clip-grad", type=float, default=None)
+    f.add_argument("--patience", type=int, default=None)
+    f.add_argument("--no-val", action="store_true", help="train without a validation split")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(fn=cmd_fit)
+
+    e = sub.add_parser("evaluate", help="labelled likelihood (and metrics) of a trained run")
+    e.add_argument("run", help="run directory or checkpoint file")
+    e.add_argument("--data", default=None)
+    e.add_argument("--split", default="test")
+    e.add_argument("--estimator", default="auto")
+    e.add_argument("--num-particles", type=int, default=None)
+    e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
+    e.add_argument("--json", default=None, help="also write the results as JSON here")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-o", "--output", default="samples.png", help=".png grid or .npy array")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_sample)
+
+    c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--data", default=None)
+    c.add_argument("--split", default="test")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=cmd_compare)
+
+    i = sub.add_parser("inspect", help="posteriors and latents of a latent-variable run")
+    i.add_argument("run")
+    i.add_argument("--data", default=None)
+    i.add_argument("--split", default="test")
+    i.add_argument("--out", default=None)
+    i.add_argument("--num-points", type=int, default=4)
+    i.add_argument("--method", default="nuts", choices=["nuts", "guide"])
+    i.add_argument("--seed", type=int, default=0)
+    i.set_defaults(fn=cmd_inspect)
+
+    b = sub.add_parser("benchmark", help="every family side by side on the same data")
+    b.add_argument("--data", default="digits")
+    b.add_argument("--preset", default="quick")
+    b.add_argument("--families", nargs="*", default=None)
+    b.add_argument("--out", default="runs/benchmark")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=cmd_benchmark)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ppgen`` console script and ``python -m ppgen``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "fit":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    try:
+        return int(args.fn(args, extra) or 0)
+    except TrainingInterrupted as e:
+        where = f"; checkpoint saved to {e.checkpoint}" if e.checkpoint else ""
+        print(f"ppgen: interrupted after step {e.step}{where}", file=sys.stderr)
+        return e.exit_code
+    except (ValueError, FitError, OSError) as e:
+        print(f"ppgen: error: {e}", file=sys.stderr)
+        return 2
