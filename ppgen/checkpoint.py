@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "load",
     "load_into",
     "model_payload",
@@ -51,6 +52,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, corrupted, unsafe or mismatched."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, unwritable directory...). The previous
+    file at that path, if any, is intact."""
+
+
 def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
 
@@ -63,18 +69,27 @@ def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     torch.save(payload, buffer)
     data = buffer.getvalue()
     blob = MAGIC + hashlib.sha256(data).digest() + struct.pack("<Q", len(data)) + data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointWriteError(
+            e.errno, f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact"
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, CheckpointWriteError):
+            raise CheckpointWriteError(
+                e.errno, f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact"
+            ) from e
         raise
     _fsync_dir(path.parent)
 

@@ -224,6 +224,10 @@ def evaluate(
     model.eval()
     kinds: set[str] = set()
     chunks = []
+    rank, world = _rank_and_world()
+    shard = torch.arange(x.shape[0]).tensor_split(world)[rank]  # contiguous, as under torchrun
+    x = x[shard]
+    context = None if context is None else context[shard]
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -236,7 +240,24 @@ def evaluate(
                 chunks.append(lp.detach().double().cpu())
     finally:
         model.train(was_training)
+    per_example = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
+    if world > 1:  # gather every rank's values, in order, on every rank
+        import torch.distributed as torch_dist
+
+        gathered: list[Any] = [None] * world
+        torch_dist.all_gather_object(gathered, (per_example, sorted(kinds)))
+        per_example = torch.cat([g[0] for g in gathered])
+        kinds = {k for g in gathered for k in g[1]}
     assert len(kinds) == 1, f"estimator {name} mixed kinds {kinds}"
     label = name if num_particles is None or name in ("exact", "elbo") else f"{name}-{num_particles}"
-    return Evaluation(torch.cat(chunks), kinds.pop(), label, model.config.num_dims,  # type: ignore[arg-type]
-                      _convention(model))
+    return Evaluation(per_example, kinds.pop(), label,  # type: ignore[arg-type]
+                      model.config.num_dims, _convention(model))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size when a process group is running (torchrun)."""
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank(), torch_dist.get_world_size()
+    return 0, 1
