@@ -18,6 +18,7 @@ __all__ = [
     "datasets",
     "evaluate",
     "fit",
+    "from_pyro",
     "inference",
     "load",
     "models",
@@ -29,5 +30,6 @@ from ppgen.checkpoint import load, save
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.trainer import fit
 from ppgen.models import build
+from ppgen.models.custom import from_pyro
 
 __version__ = "0.1.0"
