@@ -190,7 +190,8 @@ def from_pyro(
         guide_fn: the variational family over the latent sites (needed for ``"bound"``).
         event_shape: the shape of one data point.
         likelihood: ``"exact"`` (no latents), ``"bound"`` (latents + guide) or ``"none"``.
-        kind, levels: the data kind, as for datasets.
+        kind: the data kind, as for datasets.
+        levels: the number of levels of discrete data.
         example: a batch to run the programs on once, creating their ``pyro.param`` s as
             module parameters before training (pass it whenever the programs use ``pyro.param``).
         name: a display name.
@@ -203,8 +204,8 @@ def from_pyro(
         ...         return pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
         >>> m = ppgen.from_pyro(model, event_shape=(2,), likelihood="exact",
         ...                     example=torch.zeros(3, 2))
-        >>> [n for n, _ in m.named_parameters()]
-        ['user_params.loc']
+        >>> dict(m.named_parameters())["user_params.loc"].shape
+        torch.Size([2])
     """
     if likelihood not in _BY_KIND:
         raise ValueError(f"likelihood must be exact, bound or none, got {likelihood!r}")
