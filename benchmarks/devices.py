@@ -57,7 +57,9 @@ def step_seconds(family: str, device: torch.device, steps: int, batch_size: int 
 def sample_seconds(family: str, device: torch.device, n: int = 1000) -> float:
     train = ppgen.datasets.load("digits", "train")
     model = ppgen.build(family, train).to(device).eval()
-    context = train.labels[:n].repeat(n // len(train) + 1)[:n].to(device) if model.conditional else None
+    context = (
+        train.labels[:n].repeat(n // len(train) + 1)[:n].to(device) if model.conditional else None
+    )
     model.sample(8, seed=0, context=None if context is None else context[:8])  # warm-up
     _sync(device)
     t0 = time.perf_counter()
@@ -89,24 +91,38 @@ def main() -> None:
                 results[family][d] = {"error": str(e)[:80]}
             print(family, d, results[family][d], flush=True)
     print()
-    print("| family | " + " | ".join(f"{d} step ms | {d} sample 1000 s" for d in devices)
-          + (" | CUDA/CPU train speed-up | CUDA/CPU sample speed-up |" if len(devices) > 1 else " |"))
+    print(
+        "| family | "
+        + " | ".join(f"{d} step ms | {d} sample 1000 s" for d in devices)
+        + (" | CUDA/CPU train speed-up | CUDA/CPU sample speed-up |" if len(devices) > 1 else " |")
+    )
     for family, by_device in results.items():
         cells = []
         for d in devices:
             r = by_device[d]
-            cells.append("error | error" if "error" in r else
-                         f"{1000 * r['step_s']:.2f} | {r['sample1000_s']:.3f}")
+            cells.append(
+                "error | error"
+                if "error" in r
+                else f"{1000 * r['step_s']:.2f} | {r['sample1000_s']:.3f}"
+            )
         row = f"| {family} | " + " | ".join(cells)
         if len(devices) > 1 and all("error" not in by_device[d] for d in devices):
-            row += (f" | {by_device['cpu']['step_s'] / by_device['cuda']['step_s']:.1f}x"
-                    f" | {by_device['cpu']['sample1000_s'] / by_device['cuda']['sample1000_s']:.1f}x")
+            row += (
+                f" | {by_device['cpu']['step_s'] / by_device['cuda']['step_s']:.1f}x"
+                f" | {by_device['cpu']['sample1000_s'] / by_device['cuda']['sample1000_s']:.1f}x"
+            )
         print(row + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "results": results,
-                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-                      f, indent=2)
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "results": results,
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"families": {k: {**v, "fit": {**v["fit"], "steps": 5}} for k, v in _QUICK.items()},
-             "seeds": [0], "num_samples": 64, "num_score": 64},
+    "tiny": {
+        "families": {k: {**v, "fit": {**v["fit"], "steps": 5}} for k, v in _QUICK.items()},
+        "seeds": [0],
+        "num_samples": 64,
+        "num_score": 64,
+    },
     "quick": {"families": _QUICK, "seeds": [0], "num_samples": 1000, "num_score": 1000},
     "full": {"families": _FULL, "seeds": [0, 1, 2], "num_samples": 1000, "num_score": 1000},
 }
@@ -72,8 +76,11 @@ def _latent_sites(model: AbstractGenerativeModel, x: Tensor) -> list[str]:
 
     with torch.no_grad():
         trace = poutine.trace(model.model).get_trace(x)
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]]
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
 
 
 def _timed(fn: Any, repeats: int = 3) -> float:
@@ -119,8 +126,16 @@ def _measure(
     model = models.build(name, train, **spec.get("build", {}))
     run_dir = out / f"{name}-seed{seed}"
     t0 = time.perf_counter()
-    hist = fit(model, train, val=val, seed=seed, device=device, out=run_dir, progress=progress,
-               **spec["fit"])
+    hist = fit(
+        model,
+        train,
+        val=val,
+        seed=seed,
+        device=device,
+        out=run_dir,
+        progress=progress,
+        **spec["fit"],
+    )
     train_seconds = time.perf_counter() - t0
     ev = evaluate(model, test, seed=seed, **spec.get("evaluate", {}))
     kl = None
@@ -130,21 +145,30 @@ def _measure(
     sample_s = _timed(lambda: model.sample(num_samples, seed=seed), repeats=1)
     reps = math.ceil(num_score / len(test))
     x_score = test.data.repeat(reps, *([1] * len(test.event_shape)))[:num_score]
-    score_s = _timed(lambda: evaluate(model, x_score, seed=seed, **spec.get("evaluate", {})),
-                     repeats=1)
+    score_s = _timed(
+        lambda: evaluate(model, x_score, seed=seed, **spec.get("evaluate", {})), repeats=1
+    )
     quality = _quality(samples, test, seed)
     result = FamilyResult(
-        family=name, seed=seed, likelihood=ev.to_dict(), kl_to_data=kl,
-        train_seconds=train_seconds, sample_seconds_per_1000=sample_s * 1000 / num_samples,
+        family=name,
+        seed=seed,
+        likelihood=ev.to_dict(),
+        kl_to_data=kl,
+        train_seconds=train_seconds,
+        sample_seconds_per_1000=sample_s * 1000 / num_samples,
         score_seconds_per_1000=score_s * 1000 / num_score,
-        latents=_latent_sites(model, test.data[:2].to(device)), quality=quality, steps=hist.steps,
+        latents=_latent_sites(model, test.data[:2].to(device)),
+        quality=quality,
+        steps=hist.steps,
     )
     return result, samples.cpu()
 
 
 def _table(results: list[FamilyResult]) -> str:
-    head = ("| family | bits/dim | kind | estimator | KL to data (nats) | FD | KID | precision | "
-            "recall | train s | sample s/1000 | score s/1000 | latents |")
+    head = (
+        "| family | bits/dim | kind | estimator | KL to data (nats) | FD | KID | precision | "
+        "recall | train s | sample s/1000 | score s/1000 | latents |"
+    )
     lines = [head, "|" + "---|" * 13]
     for r in results:
         lk = r.likelihood
@@ -183,8 +207,9 @@ def run(
     chosen = families or [f for f in config["families"] if f in models.names()]
     unknown = [f for f in chosen if f not in config["families"]]
     if unknown:
-        raise ValueError(f"preset {preset!r} has no budget for {unknown}; known: "
-                         f"{sorted(config['families'])}")
+        raise ValueError(
+            f"preset {preset!r} has no budget for {unknown}; known: {sorted(config['families'])}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, val, test = (datasets.load(data, s) for s in ("train", "val", "test"))
@@ -195,14 +220,28 @@ def run(
     for name in chosen:
         for s in seeds:
             print(f"== {name} (seed {s})", file=sys.stderr)
-            result, x = _measure(name, config["families"][name], train, val, test, s, dev, out,
-                                 progress, config["num_samples"], config["num_score"])
+            result, x = _measure(
+                name,
+                config["families"][name],
+                train,
+                val,
+                test,
+                s,
+                dev,
+                out,
+                progress,
+                config["num_samples"],
+                config["num_score"],
+            )
             results.append(result)
             samples.setdefault(name, x)
     table = _table(results)
     print(table)
-    command = "ppgen " + " ".join(sys.argv[1:]) if sys.argv and "ppgen" in sys.argv[0] else (
-        f"ppgen benchmark --data {data} --preset {preset}")
+    command = (
+        "ppgen " + " ".join(sys.argv[1:])
+        if sys.argv and "ppgen" in sys.argv[0]
+        else (f"ppgen benchmark --data {data} --preset {preset}")
+    )
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("pyro", "numpy"):
         versions[mod] = __import__(mod).__version__
@@ -221,8 +260,15 @@ def run(
     ]
     (out / "report.md").write_text("\n".join(report) + "\n")
     (out / "results.json").write_text(
-        json.dumps({"data": data, "preset": preset, "versions": versions,
-                    "results": [dataclasses.asdict(r) for r in results]}, indent=2)
+        json.dumps(
+            {
+                "data": data,
+                "preset": preset,
+                "versions": versions,
+                "results": [dataclasses.asdict(r) for r in results],
+            },
+            indent=2,
+        )
     )
     _figures(out, samples, test)
     print(f"report: {out / 'report.md'}", file=sys.stderr)

@@ -88,7 +88,8 @@ def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             pass
         if isinstance(e, OSError) and not isinstance(e, CheckpointWriteError):
             raise CheckpointWriteError(
-                e.errno, f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact"
+                e.errno,
+                f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact",
             ) from e
         raise
     _fsync_dir(path.parent)
@@ -194,7 +195,9 @@ def model_from_payload(
         config = cls.Config.from_dict(payload["config"])
         model = cls(config)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: cannot rebuild {cls.__name__} from its config: {e}") from None
+        raise CheckpointError(
+            f"{source}: cannot rebuild {cls.__name__} from its config: {e}"
+        ) from None
     _load_state(model, payload["state_dict"], source)
     return model
 
@@ -204,7 +207,9 @@ def _load_state(model: AbstractGenerativeModel, state: dict[str, Any], source: s
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: {first}") from None
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__}: {first}"
+        ) from None
 
 
 def first_config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:

@@ -54,7 +54,9 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, dict[str, Any]]:
     while i < len(items):
         item = items[i]
         if not item.startswith("--") or "." not in item:
-            raise ValueError(f"unrecognized argument {item!r}; overrides look like --model.hidden=64")
+            raise ValueError(
+                f"unrecognized argument {item!r}; overrides look like --model.hidden=64"
+            )
         key, sep, value = item[2:].partition("=")
         if not sep:
             if i + 1 >= len(items):
@@ -118,8 +120,11 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print("families:")
     for name in models.names():
         cls = models.get(name)
-        fields = [f.name for f in dataclasses.fields(cls.Config)
-                  if f.name not in ("event_shape", "kind", "levels")]
+        fields = [
+            f.name
+            for f in dataclasses.fields(cls.Config)
+            if f.name not in ("event_shape", "kind", "levels")
+        ]
         print(f"  {name:16s} likelihood={cls.likelihood:6s} hyperparameters: {', '.join(fields)}")
     print("datasets:")
     for name in datasets.names():
@@ -135,18 +140,32 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     model = cls(**train.spec(), **overrides["model"])
     out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
     history = fit(
-        model, train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        device=args.device, val=val, out=out, resume=args.resume, progress=not args.no_progress,
-        objective=args.objective, objective_options=overrides["objective"] or None, ema=args.ema,
-        clip_grad=args.clip_grad, patience=args.patience,
+        model,
+        train,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        val=val,
+        out=out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        objective=args.objective,
+        objective_options=overrides["objective"] or None,
+        ema=args.ema,
+        clip_grad=args.clip_grad,
+        patience=args.patience,
     )
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
     run_config["data"] = args.data
     config_path.write_text(json.dumps(run_config, indent=2))
     ev = evaluate(model, val if val is not None else train, seed=args.seed)
-    print(f"fit {args.model} on {args.data}: {history.steps} steps in {history.elapsed:.1f}s; "
-          f"{'val' if val is not None else 'train'}: {ev}")
+    print(
+        f"fit {args.model} on {args.data}: {history.steps} steps in {history.elapsed:.1f}s; "
+        f"{'val' if val is not None else 'train'}: {ev}"
+    )
     print(f"run directory: {out}")
     return 0
 
@@ -157,8 +176,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if name is None:
         raise ValueError("pass --data (the run directory does not record its dataset)")
     data = load_data(name, args.split)
-    ev = evaluate(model, data, estimator=args.estimator, num_particles=args.num_particles,
-                  seed=args.seed)
+    ev = evaluate(
+        model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed
+    )
     result: dict[str, Any] = {"likelihood": ev.to_dict(), "data": name, "split": args.split}
     print(f"{name}/{args.split}: {ev}")
     print(f"  convention: {ev.convention}")
@@ -211,16 +231,24 @@ def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ValueError("pass --data")
     data = load_data(name, args.split)
     out = Path(args.out or (Path(args.run) if Path(args.run).is_dir() else Path(".")))
-    posterior.inspect(model, data, out=out, num_points=args.num_points, seed=args.seed,
-                      method=args.method)
+    posterior.inspect(
+        model, data, out=out, num_points=args.num_points, seed=args.seed, method=args.method
+    )
     return 0
 
 
 def cmd_benchmark(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen import benchmark
 
-    benchmark.run(data=args.data, preset=args.preset, families=args.families, out=args.out,
-                  seed=args.seed, device=args.device, progress=not args.no_progress)
+    benchmark.run(
+        data=args.data,
+        preset=args.preset,
+        families=args.families,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints: round trip to the bit, atomic writes, refusal of damaged, foreign or unsafe files."""
+"""Checkpoints: exact round trip, atomic writes; damaged, foreign or unsafe files refused."""
 
 from __future__ import annotations
 
@@ -59,8 +59,11 @@ def test_pickle_with_code_is_refused_even_with_a_valid_header(tmp_path):
     import struct
 
     buffer = io.BytesIO()
-    torch.save({"format": 1, "family": "independent", "evil": _Evil()}, buffer,
-               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save(
+        {"format": 1, "family": "independent", "evil": _Evil()},
+        buffer,
+        pickle_protocol=pickle.HIGHEST_PROTOCOL,
+    )
     data = buffer.getvalue()
     blob = ckpt.MAGIC + hashlib.sha256(data).digest() + struct.pack("<Q", len(data)) + data
     path = tmp_path / "evil.pt"

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ppgen(*args, cwd=None, check=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "ppgen", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppgen", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"ppgen {args} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -29,8 +35,21 @@ def test_list():
 
 def test_fit_evaluate_sample_resume(tmp_path):
     run = tmp_path / "run"
-    out = ppgen("fit", "independent", "--data", "digits", "--steps", "20", "--batch-size", "50",
-                "--lr", "0.05", "--out", run, "--no-progress").stdout
+    out = ppgen(
+        "fit",
+        "independent",
+        "--data",
+        "digits",
+        "--steps",
+        "20",
+        "--batch-size",
+        "50",
+        "--lr",
+        "0.05",
+        "--out",
+        run,
+        "--no-progress",
+    ).stdout
     assert "bits/dim" in out
     for name in ("config.json", "checkpoint.pt", "best.pt", "history.json", "training_curve.png"):
         assert (run / name).exists(), name
@@ -42,28 +61,62 @@ def test_fit_evaluate_sample_resume(tmp_path):
     ppgen("sample", run, "-n", "16", "-o", tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0
     ppgen("sample", run, "-n", "4", "-o", tmp_path / "s.npy")
-    ppgen("fit", "independent", "--data", "digits", "--steps", "30", "--batch-size", "50",
-          "--out", run, "--resume", "--no-progress")
+    ppgen(
+        "fit",
+        "independent",
+        "--data",
+        "digits",
+        "--steps",
+        "30",
+        "--batch-size",
+        "50",
+        "--out",
+        run,
+        "--resume",
+        "--no-progress",
+    )
     assert json.loads((run / "history.json").read_text())["steps"] == 30
 
 
 def test_model_overrides_and_bad_input_exit_2(tmp_path):
-    ppgen("fit", "independent", "--data", "moons", "--steps", "5", "--out", tmp_path / "r",
-          "--model.components=3", "--no-progress")
+    ppgen(
+        "fit",
+        "independent",
+        "--data",
+        "moons",
+        "--steps",
+        "5",
+        "--out",
+        tmp_path / "r",
+        "--model.components=3",
+        "--no-progress",
+    )
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["model"]["components"] == 3
     bad = ppgen("fit", "independent", "--data", "nope", "--steps", "5", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
-    bad = ppgen("fit", "independent", "--data", "moons", "--model.nonsense=1", "--steps", "2",
-                "--out", tmp_path / "r2", check=False)
+    bad = ppgen(
+        "fit",
+        "independent",
+        "--data",
+        "moons",
+        "--model.nonsense=1",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "r2",
+        check=False,
+    )
     assert bad.returncode == 2 and "nonsense" in bad.stderr
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     bad = ppgen("evaluate", tmp_path / "junk.pt", "--data", "digits", check=False)
     assert bad.returncode == 2 and "junk.pt" in bad.stderr
 
 
-@pytest.mark.parametrize("value,parsed", [("64,64", [64, 64]), ("0.3", 0.3), ("true", True),
-                                          ("hinge", "hinge"), ("[1, 2]", [1, 2])])
+@pytest.mark.parametrize(
+    "value,parsed",
+    [("64,64", [64, 64]), ("0.3", 0.3), ("true", True), ("hinge", "hinge"), ("[1, 2]", [1, 2])],
+)
 def test_values_are_parsed_as_data(value, parsed):
     from ppgen.cli import parse_value
 

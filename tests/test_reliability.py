@@ -31,11 +31,29 @@ def _env():
 
 
 def _start_fit(out: Path, steps: int = 10**6, extra=()):
-    cmd = [sys.executable, "-m", "ppgen", "fit", "independent", "--data", "digits", "--steps",
-           str(steps), "--batch-size", "32", "--lr", "0.01", "--out", str(out), "--no-progress",
-           "--no-val", *extra]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ppgen",
+        "fit",
+        "independent",
+        "--data",
+        "digits",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-val",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(path: Path, timeout: float = 120.0) -> None:
@@ -57,9 +75,31 @@ def _kill_and_check(tmp_path: Path, rng: random.Random, index: int) -> None:
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     step = ckpt.read_checkpoint(out / "checkpoint.pt")["step"]
     resumed = subprocess.run(
-        [sys.executable, "-m", "ppgen", "fit", "independent", "--data", "digits", "--steps",
-         str(step + 3), "--batch-size", "32", "--lr", "0.01", "--out", str(out), "--resume",
-         "--no-progress", "--no-val"], env=_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "ppgen",
+            "fit",
+            "independent",
+            "--data",
+            "digits",
+            "--steps",
+            str(step + 3),
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--out",
+            str(out),
+            "--resume",
+            "--no-progress",
+            "--no-val",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert ckpt.read_checkpoint(out / "checkpoint.pt")["step"] == step + 3
 
@@ -110,8 +150,16 @@ def test_damaged_checkpoint_falls_back_to_previous_on_resume(tmp_path, capsys):
     blob = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(blob[: len(blob) // 3])  # truncated
     m2 = ppgen.build("independent", train)
-    hist = ppgen.fit(m2, train, steps=12, batch_size=32, out=tmp_path, resume=True,
-                     checkpoint_every=5, progress=False)
+    hist = ppgen.fit(
+        m2,
+        train,
+        steps=12,
+        batch_size=32,
+        out=tmp_path,
+        resume=True,
+        checkpoint_every=5,
+        progress=False,
+    )
     err = capsys.readouterr().err
     assert "truncated" in err and "checkpoint.prev.pt" in err, err
     assert hist.steps == 12

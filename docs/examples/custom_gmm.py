@@ -1,4 +1,7 @@
-"""A user-defined Gaussian mixture, fit through ppgen.from_pyro (run: python docs/examples/custom_gmm.py)."""
+"""A user-defined Gaussian mixture, fit through ppgen.from_pyro.
+
+Run: python docs/examples/custom_gmm.py
+"""
 
 import os
 

@@ -5,7 +5,8 @@
 schedule and losses. It owns devices, minibatches, optimizers, gradient clipping, the
 non-finite guard, EMA, validation with best-checkpoint and early stopping, checkpoints and
 exact resume, progress bars, signals (Ctrl-C / SIGTERM save and stop cleanly), a lock on the
-run directory, and data-parallel training under ``torchrun`` (see :mod:`ppgen.inference.distributed`).
+run directory, and data-parallel training under ``torchrun`` (see
+:mod:`ppgen.inference.distributed`).
 
 Reproducibility: the batch at step ``s`` is a function of ``(seed, s)`` alone (epoch ``e`` uses the
 permutation drawn from ``seed`` and ``e``), and the RNG states travel in the checkpoint, so
@@ -126,7 +127,11 @@ def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(float, np_state[2:]),
+        ],
         "random": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
     }
     if torch.cuda.is_available():
@@ -144,7 +149,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int, generator_device: str = "cpu") -> Tensor:
+def batch_indices(
+    n: int, batch_size: int, seed: int, step: int, generator_device: str = "cpu"
+) -> Tensor:
     """Indices of the batch used at ``step``: epoch ``e`` walks a permutation drawn from
     ``(seed, e)``, dropping the last partial batch. A pure function of its arguments."""
     batch_size = min(batch_size, n)
@@ -240,7 +247,9 @@ def _run_lock(out: Path) -> Iterator[None]:
         f.close()
 
 
-def _as_tensors(data: Dataset | Tensor, model: AbstractGenerativeModel, what: str) -> tuple[Tensor, Tensor | None]:
+def _as_tensors(
+    data: Dataset | Tensor, model: AbstractGenerativeModel, what: str
+) -> tuple[Tensor, Tensor | None]:
     if isinstance(data, Dataset):
         x, labels = data.data, data.labels
     elif torch.is_tensor(data):
@@ -352,9 +361,16 @@ def fit(
     history = History(out=None if out is None else str(out))
     out_dir = Path(out) if out is not None else None
     fit_args = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "objective": objective,
-        "objective_options": objective_options, "ema": ema, "clip_grad": clip_grad,
-        "weight_decay": weight_decay, "world_size": ctx.world_size,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "objective": objective,
+        "objective_options": objective_options,
+        "ema": ema,
+        "clip_grad": clip_grad,
+        "weight_decay": weight_decay,
+        "world_size": ctx.world_size,
     }
 
     with contextlib.ExitStack() as stack:
@@ -425,7 +441,16 @@ def fit(
             stop_early = False
             if x_val is not None and (step % eval_every == 0 or step == steps):
                 stop_early = _validate(
-                    model, obj, x_val, c_val, ema_state, history, step, out_dir, ctx, patience,
+                    model,
+                    obj,
+                    x_val,
+                    c_val,
+                    ema_state,
+                    history,
+                    step,
+                    out_dir,
+                    ctx,
+                    patience,
                     batch_size,
                 )
             history.elapsed = time.perf_counter() - t0
@@ -434,7 +459,9 @@ def fit(
                 if bar is not None:
                     bar.close()
                 raise TrainingInterrupted(guard.signum, step, path)
-            if out_dir is not None and (step % checkpoint_every == 0 or step == steps or stop_early):
+            if out_dir is not None and (
+                step % checkpoint_every == 0 or step == steps or stop_early
+            ):
                 _save_run(out_dir, model, obj, optimizers, ema_state, history, step, ctx)
             if stop_early:
                 break
@@ -458,8 +485,10 @@ def _dtype(model: AbstractGenerativeModel) -> torch.dtype:
 
 def _batch_stats(x: Tensor) -> str:
     x = x.detach().double()
-    return (f"shape {tuple(x.shape)}, mean {x.mean():.4g}, std {x.std():.4g}, "
-            f"min {x.min():.4g}, max {x.max():.4g}")
+    return (
+        f"shape {tuple(x.shape)}, mean {x.mean():.4g}, std {x.std():.4g}, "
+        f"min {x.min():.4g}, max {x.max():.4g}"
+    )
 
 
 def _progress(enabled: bool, start: int, total: int) -> Any:
@@ -518,8 +547,12 @@ def _validate(
 
 def _write_config(out_dir: Path, model: AbstractGenerativeModel, fit_args: dict[str, Any]) -> None:
     payload = ckpt.model_payload(model)
-    config = {"family": payload["family"], "model": payload["config"], "fit": fit_args,
-              "argv": sys.argv}
+    config = {
+        "family": payload["family"],
+        "model": payload["config"],
+        "fit": fit_args,
+        "argv": sys.argv,
+    }
     tmp = out_dir / ".config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, out_dir / "config.json")
@@ -572,7 +605,9 @@ def _resume(
     ctx: dist_utils.Context,
 ) -> int:
     """Load the newest whole checkpoint of ``out_dir`` into the run; returns its step."""
-    candidates = [out_dir / n for n in ("checkpoint.pt", "checkpoint.next.pt", "checkpoint.prev.pt")]
+    candidates = [
+        out_dir / n for n in ("checkpoint.pt", "checkpoint.next.pt", "checkpoint.prev.pt")
+    ]
     errors = []
     payload = None
     for path in candidates:

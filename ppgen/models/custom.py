@@ -167,7 +167,9 @@ class ImplicitPyroProgram(_PyroProgram):
 
 
 _BY_KIND: dict[str, type[_PyroProgram]] = {
-    "exact": ExactPyroProgram, "bound": BoundPyroProgram, "none": ImplicitPyroProgram,
+    "exact": ExactPyroProgram,
+    "bound": BoundPyroProgram,
+    "none": ImplicitPyroProgram,
 }
 
 

@@ -59,7 +59,9 @@ class Independent(AbstractGenerativeModel):
         if cfg.kind == "continuous":
             k = cfg.components
             self.logits = nn.Parameter(torch.zeros(d, k))
-            self.loc = nn.Parameter(torch.linspace(-1, 1, k).repeat(d, 1) if k > 1 else torch.zeros(d, 1))
+            self.loc = nn.Parameter(
+                torch.linspace(-1, 1, k).repeat(d, 1) if k > 1 else torch.zeros(d, 1)
+            )
             self.log_scale = nn.Parameter(torch.zeros(d, k))
         else:
             assert cfg.levels is not None
@@ -115,6 +117,10 @@ class Independent(AbstractGenerativeModel):
             flat = x.reshape(x.shape[0], -1)
             mean, std = flat.mean(0), flat.std(0).clamp_min(1e-3)
             k = self.config.components
-            spread = torch.linspace(-1, 1, k, dtype=x.dtype, device=x.device) if k > 1 else x.new_zeros(1)
+            spread = (
+                torch.linspace(-1, 1, k, dtype=x.dtype, device=x.device)
+                if k > 1
+                else x.new_zeros(1)
+            )
             self.loc.copy_(mean[:, None] + std[:, None] * spread[None])
             self.log_scale.copy_(torch.log(std)[:, None] - 0.5 * math.log(k))

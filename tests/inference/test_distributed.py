@@ -42,11 +42,22 @@ def _launch(tmp_path: Path, out: Path, steps: int, world: int, resume: bool = Fa
     for rank in range(world):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         if world > 1:
-            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                       RANK=str(rank), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), str(out), str(steps), "1" if resume else "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(world),
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(out), str(steps), "1" if resume else "0"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

@@ -31,8 +31,9 @@ def test_resume_is_exact(digits, tmp_path):
     half = ppgen.build("independent", train)
     _fit(half, train, tmp_path / "half", steps=20, val=val, ema=0.9, eval_every=10)
     resumed = ppgen.build("independent", train)
-    hist = _fit(resumed, train, tmp_path / "half", steps=40, val=val, ema=0.9, eval_every=10,
-                resume=True)
+    hist = _fit(
+        resumed, train, tmp_path / "half", steps=40, val=val, ema=0.9, eval_every=10, resume=True
+    )
     assert hist.steps == 40
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -57,7 +58,9 @@ def test_fit_improves_toward_the_closed_form_optimum(digits):
     optimum = (counts * torch.log(p.clamp_min(1e-300))).sum() / len(train)
     achieved = m.log_prob(train.data).double().mean()
     assert achieved <= optimum + 1e-6, "nothing may beat the maximum likelihood"
-    assert optimum - achieved < 0.5, f"gap {optimum - achieved:.3f} nats after 300 full-batch steps"
+    assert optimum - achieved < 0.5, (
+        f"gap {optimum - achieved:.3f} nats after 300 full-batch steps"
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch):

@@ -26,11 +26,16 @@ def test_user_gaussian_mixture_recovers_its_parameters():
     g = torch.Generator().manual_seed(0)
     n = 4000
     z = torch.rand(n, generator=g) < 0.3
-    x = torch.where(z, -2.0 + 0.5 * torch.randn(n, generator=g), 1.5 + 0.8 * torch.randn(n, generator=g))
+    x = torch.where(
+        z, -2.0 + 0.5 * torch.randn(n, generator=g), 1.5 + 0.8 * torch.randn(n, generator=g)
+    )
     data = ppgen.datasets.Dataset("user-gmm", x[:, None], "continuous")
     m = ppgen.from_pyro(gmm_model, event_shape=(1,), likelihood="exact", example=data.data[:2])
     assert sorted(n for n, _ in m.named_parameters()) == [
-        "user_params.locs", "user_params.scales", "user_params.weights"]
+        "user_params.locs",
+        "user_params.scales",
+        "user_params.weights",
+    ]
     ppgen.fit(m, data, steps=600, batch_size=1000, lr=0.05, progress=False)
     with torch.no_grad():
         trace = pyro.poutine.trace(m.model).get_trace(data.data[:1])
@@ -54,7 +59,9 @@ def test_wrapped_program_checkpoints_through_load_into(tmp_path):
     ppgen.save(m, tmp_path / "m.pt")
     with pytest.raises(ckpt.CheckpointError, match="model_class"):
         ppgen.load(tmp_path / "m.pt")
-    fresh = ppgen.from_pyro(gmm_model, event_shape=(1,), likelihood="exact", example=torch.zeros(2, 1))
+    fresh = ppgen.from_pyro(
+        gmm_model, event_shape=(1,), likelihood="exact", example=torch.zeros(2, 1)
+    )
     ckpt.load_into(fresh, tmp_path / "m.pt")
     x = torch.randn(5, 1)
     assert torch.equal(fresh.log_prob(x), m.log_prob(x))
