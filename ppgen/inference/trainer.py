@@ -140,13 +140,13 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
     version, internal, gauss = state["random"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def batch_indices(
@@ -614,7 +614,7 @@ def _resume(
         if not path.exists():
             continue
         try:
-            payload = ckpt.read_checkpoint(path, map_location=ctx.device)
+            payload = ckpt.read_checkpoint(path, map_location="cpu")  # RNG states must stay on CPU
             ckpt.check_compatible(model, payload["model"], str(path))
         except ckpt.CheckpointError as e:
             if "config differs" in str(e) or "holds a" in str(e):

@@ -43,11 +43,11 @@ CASES = [(f, d) for f in ppgen.models.names() for d in DATASETS]
 
 
 @pytest.mark.parametrize(("family", "dataset"), CASES)
-def test_protocol(family, dataset, data, tmp_path):
+def test_protocol(family, dataset, data, tmp_path, device):
     ds = data[dataset]
-    m = _build(family, ds)
+    m = _build(family, ds).to(device)
     name = f"{family}/{dataset}"
-    x = ds.data
+    x = ds.data.to(device)
     n = x.shape[0]
     assert m.likelihood in ("exact", "bound", "none"), name
     assert tuple(m.event_shape) == ds.event_shape, name
@@ -86,7 +86,7 @@ def test_protocol(family, dataset, data, tmp_path):
     # save/load round trip reproduces the likelihood (same random numbers)
     m.eval()
     ppgen.save(m, tmp_path / "m.pt")
-    m2 = ppgen.load(tmp_path / "m.pt")
+    m2 = ppgen.load(tmp_path / "m.pt", map_location=device)
     with torch.random.fork_rng():
         a = ppgen.evaluate(m, x, seed=1).per_example
     with torch.random.fork_rng():
