@@ -263,7 +263,10 @@ def load(
     payload = read_checkpoint(path, map_location)
     if "model" in payload:  # a training checkpoint: prefer its evaluation weights
         payload = payload["model"]
-    return model_from_payload(payload, model_class, trust_import, source=str(path))
+    model = model_from_payload(payload, model_class, trust_import, source=str(path))
+    if isinstance(map_location, str | torch.device):
+        model.to(map_location)
+    return model
 
 
 def load_into(model: AbstractGenerativeModel, path: str | os.PathLike) -> AbstractGenerativeModel:

@@ -145,7 +145,7 @@ def test_concurrent_fit_on_one_directory_is_refused(tmp_path):
 def test_damaged_checkpoint_falls_back_to_previous_on_resume(tmp_path, capsys):
     train = ppgen.datasets.load("digits", "train")
     m = ppgen.build("independent", train)
-    ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, checkpoint_every=5, progress=False)
+    ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, checkpoint_every=5, progress=False, device="cpu")
     assert (tmp_path / "checkpoint.prev.pt").exists()
     blob = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(blob[: len(blob) // 3])  # truncated
@@ -168,7 +168,7 @@ def test_damaged_checkpoint_falls_back_to_previous_on_resume(tmp_path, capsys):
 def test_disk_full_stops_training_and_keeps_previous_checkpoint(tmp_path, monkeypatch):
     train = ppgen.datasets.load("digits", "train")
     m = ppgen.build("independent", train)
-    ppgen.fit(m, train, steps=5, batch_size=32, out=tmp_path, progress=False)
+    ppgen.fit(m, train, steps=5, batch_size=32, out=tmp_path, progress=False, device="cpu")
     before = (tmp_path / "checkpoint.pt").read_bytes()
     real_fdopen = os.fdopen
 
@@ -183,7 +183,7 @@ def test_disk_full_stops_training_and_keeps_previous_checkpoint(tmp_path, monkey
 
     monkeypatch.setattr(os, "fdopen", full_disk)
     with pytest.raises(ckpt.CheckpointWriteError, match="No space left"):
-        ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, resume=True, progress=False)
+        ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, resume=True, progress=False, device="cpu")
     monkeypatch.undo()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temp files left"
@@ -192,6 +192,6 @@ def test_disk_full_stops_training_and_keeps_previous_checkpoint(tmp_path, monkey
 def test_config_json_is_data(tmp_path):
     train = ppgen.datasets.load("digits", "train")
     m = ppgen.build("independent", train)
-    ppgen.fit(m, train, steps=2, batch_size=32, out=tmp_path, progress=False)
+    ppgen.fit(m, train, steps=2, batch_size=32, out=tmp_path, progress=False, device="cpu")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["family"] == "independent" and config["model"]["levels"] == 17

@@ -20,7 +20,7 @@ def digits():
 
 
 def _fit(m, data, out=None, **kw):
-    kw = {"steps": 30, "batch_size": 64, "lr": 0.05, "progress": False, **kw}
+    kw = {"steps": 30, "batch_size": 64, "lr": 0.05, "progress": False, "device": "cpu", **kw}
     return ppgen.fit(m, data, out=out, **kw)
 
 

@@ -36,7 +36,7 @@ def test_user_gaussian_mixture_recovers_its_parameters():
         "user_params.scales",
         "user_params.weights",
     ]
-    ppgen.fit(m, data, steps=600, batch_size=1000, lr=0.05, progress=False)
+    ppgen.fit(m, data, steps=600, batch_size=1000, lr=0.05, progress=False, device="cpu")
     with torch.no_grad():
         trace = pyro.poutine.trace(m.model).get_trace(data.data[:1])
         mix = trace.nodes["x"]["fn"].base_dist
