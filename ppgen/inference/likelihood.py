@@ -187,6 +187,7 @@ def evaluate(
     batch_size: int = 500,
     seed: int = 0,
     context: Tensor | None = None,
+    **options: Any,
 ) -> Evaluation:
     """Score ``data`` under ``model`` with a labelled estimator.
 
@@ -200,6 +201,7 @@ def evaluate(
         batch_size: examples per forward pass.
         seed: seeds torch so a stochastic estimator is reproducible.
         context: context rows for a conditional model when ``data`` is a tensor.
+        **options: estimator-specific options (e.g. AIS's ``num_steps``), passed through.
 
     Returns:
         An :class:`Evaluation` with per-example values, kind, estimator and units.
@@ -213,7 +215,10 @@ def evaluate(
     model._check_x(x)
     if model.conditional and context is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass context (labels)")
-    name = _AUTO[model.likelihood] if estimator == "auto" else estimator
+    if estimator == "auto":
+        name = model.default_estimator or _AUTO[model.likelihood]
+    else:
+        name = estimator
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
     fn = ESTIMATORS[name]
@@ -234,7 +239,9 @@ def evaluate(
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(device=device, dtype=dtype)
                 cb = None if context is None else context[start : start + batch_size].to(device)
-                kwargs = {} if num_particles is None else {"num_particles": num_particles}
+                kwargs = dict(options)
+                if num_particles is not None:
+                    kwargs["num_particles"] = num_particles
                 lp, kind = fn(model, xb, cb, **kwargs)
                 kinds.add(kind)
                 chunks.append(lp.detach().double().cpu())

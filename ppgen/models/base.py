@@ -134,6 +134,10 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         Config: the family's :class:`ModelConfig` subclass.
         default_objective: the name of the objective in ``ppgen.inference.objectives`` that fits
             this family by default (``"mle"``, ``"elbo"``, ``"denoising"``, ``"adversarial"``).
+        default_estimator: the estimator ``ppgen.evaluate(estimator="auto")`` uses, or None for
+            the choice by capability (``exact`` -> ``"exact"``, ``bound`` -> ``"iwae"``,
+            ``none`` -> ``"ais"``). Diffusion, whose closed-form bound is tighter and cheaper
+            than IWAE over a T-step chain, declares ``"elbo"``.
 
     Instance attributes:
         config: the frozen config the model was built from.
@@ -151,6 +155,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     likelihood: ClassVar[LikelihoodKind]
     Config: ClassVar[type[ModelConfig]]
     default_objective: ClassVar[str] = "mle"
+    default_estimator: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -235,6 +240,15 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         """True when the model takes ``context`` (class labels); the trainer then passes the
         dataset's ``labels`` as ``context`` to every objective call."""
         return False
+
+    @property
+    def observation_scale(self) -> float | None:
+        """For implicit models (``likelihood = "none"``) whose ``"x"`` site is a deterministic
+        (Delta) function of the latents: the standard deviation ``s`` of the Gaussian observation
+        model ``p(x | z) = N(g(z), s^2 I)`` under which likelihood estimators (AIS) and latent
+        inversion (NUTS) score data (Wu et al. 2017, arXiv:1611.04273). None for models whose
+        ``"x"`` site has a real density."""
+        return None
 
     def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
         """Data-dependent initialization, called once on the first training batch (never again

@@ -1,0 +1,8 @@
+"""Autoregressive families: exact densities factorized as p(x) = prod_i p(x_i | x_<i).
+
+One module per variant (STYLE.md, section 1): ``nade.py``, ``made.py``, ``pixelcnn.py``.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
