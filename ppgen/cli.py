@@ -156,6 +156,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         ema=args.ema,
         clip_grad=args.clip_grad,
         patience=args.patience,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
     )
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
@@ -272,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ema", type=float, default=None)
     f.add_argument("--clip-grad", type=float, default=None)
     f.add_argument("--patience", type=int, default=None)
+    f.add_argument("--eval-every", type=int, default=None, help="steps between validations")
+    f.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
+    )
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(fn=cmd_fit)

@@ -49,6 +49,8 @@ def _start_fit(out: Path, steps: int = 10**6, extra=()):
         str(out),
         "--no-progress",
         "--no-val",
+        "--checkpoint-every",
+        "20",
         *extra,
     ]
     return subprocess.Popen(
