@@ -158,6 +158,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         patience=args.patience,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
+        precision=args.precision,
+        compile=args.compile,
     )
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
@@ -279,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
     )
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
+    f.add_argument(
+        "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast (opt-in)"
+    )
+    f.add_argument("--compile", action="store_true", help="torch.compile the training loss")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(fn=cmd_fit)
 
