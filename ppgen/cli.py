@@ -282,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
     f.add_argument(
-        "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast (opt-in)"
+        "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
     )
-    f.add_argument("--compile", action="store_true", help="torch.compile the training loss")
+    f.add_argument("--compile", action="store_true", help="torch.compile the networks")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(fn=cmd_fit)
 
