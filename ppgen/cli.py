@@ -175,14 +175,21 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen.inference import distributed
+    from ppgen.inference.trainer import resolve_device
+
     model, run_config = _load_run(args.run)
     name = args.data or run_config.get("data")
     if name is None:
         raise ValueError("pass --data (the run directory does not record its dataset)")
     data = load_data(name, args.split)
+    ctx = distributed.init(resolve_device(args.device))  # under torchrun: sharded, gathered
+    model.to(ctx.device)
     ev = evaluate(
         model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed
     )
+    if not ctx.is_main:
+        return 0
     result: dict[str, Any] = {"likelihood": ev.to_dict(), "data": name, "split": args.split}
     print(f"{name}/{args.split}: {ev}")
     print(f"  convention: {ev.convention}")
@@ -200,8 +207,15 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.plots import sample_grid
 
+    from ppgen.inference import distributed
+    from ppgen.inference.trainer import resolve_device
+
     model, _ = _load_run(args.run)
-    x = model.sample(args.n, seed=args.seed)
+    ctx = distributed.init(resolve_device(args.device))
+    model.to(ctx.device).eval()
+    x = distributed.sample(model, args.n, args.seed, ctx)
+    if x is None:  # not rank 0 under torchrun: rank 0 writes the file
+        return 0
     out = Path(args.output)
     if out.suffix == ".npy":
         import numpy as np
@@ -297,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
     e.add_argument("--json", default=None, help="also write the results as JSON here")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
@@ -304,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64)
     s.add_argument("-o", "--output", default="samples.png", help=".png grid or .npy array")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
     s.set_defaults(fn=cmd_sample)
 
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")

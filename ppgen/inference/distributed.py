@@ -9,7 +9,7 @@ gradient equals the one-process gradient of the same global batch. Only rank 0 w
 
 from __future__ import annotations
 
-__all__ = ["Context", "all_reduce_sum", "barrier", "init", "shard", "wrap"]
+__all__ = ["Context", "all_reduce_sum", "barrier", "init", "sample", "shard", "wrap"]
 
 import dataclasses
 import os
@@ -99,3 +99,35 @@ def barrier(ctx: Context) -> None:
     """Wait for every rank (no-op in one process)."""
     if ctx.distributed:
         torch_dist.barrier()
+
+
+def sample(
+    model: nn.Module,
+    n: int,
+    seed: int,
+    ctx: Context,
+    context: Tensor | None = None,
+    block: int = 1000,
+) -> Tensor | None:
+    """Draw ``n`` samples in blocks shared out over the ranks; gathered, in order, on rank 0.
+
+    Block ``b`` holds samples ``b*block .. (b+1)*block - 1`` and is drawn with seed
+    ``seed * 1_000_003 + b`` by whichever rank owns it (``b % world_size``), so the result is a
+    function of ``(seed, n, block)`` alone: the same on 1 process or 8. Other ranks return None.
+    """
+    starts = list(range(0, n, block))
+    mine = []
+    for b, start in enumerate(starts):
+        if b % ctx.world_size != ctx.rank:
+            continue
+        size = min(block, n - start)
+        c = None if context is None else context[start : start + size]
+        x = model.sample(size, seed=seed * 1_000_003 + b, context=c)  # type: ignore[operator]
+        mine.append((b, x.detach().cpu()))
+    if ctx.distributed:
+        gathered: list[list[tuple[int, Tensor]]] | list[None] = [None] * ctx.world_size
+        torch_dist.all_gather_object(gathered, mine)
+        mine = [item for part in gathered for item in part]  # type: ignore[union-attr]
+    if not ctx.is_main:
+        return None
+    return torch.cat([x for _, x in sorted(mine, key=lambda item: item[0])])

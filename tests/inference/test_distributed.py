@@ -34,9 +34,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path: Path, out: Path, steps: int, world: int, resume: bool = False) -> None:
+SAMPLER = """
+import sys, torch, ppgen
+from ppgen.inference import distributed
+torch.set_num_threads(1)
+out = sys.argv[1]
+train = ppgen.datasets.load("moons", "train")
+m = ppgen.build("independent", train, components=3)
+ctx = distributed.init(torch.device("cpu"))
+x = distributed.sample(m, 10, seed=7, ctx=ctx, block=4)
+if x is not None:
+    torch.save(x, f"{out}/samples.pt")
+"""
+
+
+def _launch(
+    tmp_path: Path, out: Path, steps: int, world: int, resume: bool = False, code: str = WORKER
+) -> None:
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(code)
     port = _free_port()
     procs = []
     for rank in range(world):
@@ -82,3 +98,13 @@ def test_two_process_run_resumes_in_one_process(tmp_path):
     ref = torch.load(tmp_path / "ref" / "rank0.pt")["logits"]
     assert torch.allclose(resumed, ref, atol=1e-5)
     assert ppgen.load(tmp_path / "run" / "checkpoint.pt") is not None
+
+
+def test_sharded_sampling_is_the_same_on_any_number_of_processes(tmp_path):
+    for world in (1, 2):
+        (tmp_path / str(world)).mkdir()
+        _launch(tmp_path, tmp_path / str(world), steps=0, world=world, code=SAMPLER)
+    one = torch.load(tmp_path / "1" / "samples.pt")
+    two = torch.load(tmp_path / "2" / "samples.pt")
+    assert one.shape == (10, 2) and torch.equal(one, two)
+    assert not torch.equal(one[:4], one[4:8]), "blocks must use different seeds"
