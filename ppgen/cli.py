@@ -205,10 +205,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from ppgen.plots import sample_grid
-
     from ppgen.inference import distributed
     from ppgen.inference.trainer import resolve_device
+    from ppgen.plots import sample_grid
 
     model, _ = _load_run(args.run)
     ctx = distributed.init(resolve_device(args.device))
