@@ -313,7 +313,7 @@ def fit(
         objective: objective name (default: ``model.default_objective``).
         objective_options: keyword options of the objective.
         ema: EMA decay of the weights (e.g. 0.999); validation, ``best.pt`` and the returned model
-            use the averaged weights.
+            use the averaged weights. None takes the family's default; 0 switches EMA off.
         clip_grad: max gradient norm per parameter group, or None.
         weight_decay: Adam weight decay.
         eval_every: steps between validations (default: ``max(steps // 20, 1)``).
@@ -341,6 +341,7 @@ def fit(
     defaults = model.fit_defaults()
     lr = lr if lr is not None else defaults.get("lr", 1e-3)
     ema = ema if ema is not None else defaults.get("ema")
+    ema = None if ema == 0 else ema  # ema=0 switches off a family's default EMA
     clip_grad = clip_grad if clip_grad is not None else defaults.get("clip_grad")
     objective = objective or defaults.get("objective") or model.default_objective
     objective_options = {**defaults.get("objective_options", {}), **(objective_options or {})}
