@@ -32,6 +32,7 @@ __all__ = ["DDPM", "DDPMConfig", "DiffusionBound"]
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import pyro
@@ -268,29 +269,34 @@ class DDPM(AbstractGenerativeModel):
         T = self.config.timesteps
         return torch.arange(T + 1, device=like.device, dtype=like.dtype) * (1000.0 / T)
 
-    def _network(
-        self, x_t: Tensor, t: int | Tensor, time: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """The denoiser at ``(x_t, t)``: its prediction and (learned variances) the raw variance
-        output, both shaped like ``x_t``. ``x_t`` may carry any leading dims (particles);
-        ``time`` is the precomputed network input for ``t`` (samplers)."""
-        k = len(self.event_shape)
-        lead = x_t.shape[: x_t.dim() - k]
-        if time is None:
-            if isinstance(t, int):
-                t = torch.tensor(t, device=x_t.device)
-            time = t.to(x_t.dtype) * (1000.0 / self.config.timesteps)
-        if self._kind == "unet":
-            out = self.net(x_t, time)  # (..., m C, H, W)
-            if self._out_mult == 1:
-                return out, None
-            pred, raw = out.chunk(2, dim=-3)
-            return pred, raw
-        out = self.net(x_t.reshape(*lead, -1), time)  # (..., m D)
-        if self._out_mult == 1:
-            return out.reshape(x_t.shape), None
-        pred, raw = out.chunk(2, dim=-1)
-        return pred.reshape(x_t.shape), raw.reshape(x_t.shape)
+    def _denoiser(self) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]:
+        """The network as a function ``(x_t, time) -> (prediction, raw variance or None)``, both
+        shaped like ``x_t`` (any leading dims: particles), attributes bound once for the
+        samplers' loops."""
+        net, k = self.net, len(self.event_shape)
+        learned, unet = self._out_mult == 2, self._kind == "unet"
+
+        def call(x_t: Tensor, time: Tensor) -> tuple[Tensor, Tensor | None]:
+            if unet:
+                out = net(x_t, time)  # (..., m C, H, W)
+                if not learned:
+                    return out, None
+                pred, raw = out.chunk(2, dim=-3)
+                return pred, raw
+            out = net(x_t if k == 1 else x_t.flatten(-k), time)  # (..., m D)
+            if not learned:
+                return (out if k == 1 else out.view(x_t.shape)), None
+            pred, raw = out.chunk(2, dim=-1)
+            return pred.reshape(x_t.shape), raw.reshape(x_t.shape)
+
+        return call
+
+    def _network(self, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor | None]:
+        """The denoiser at ``(x_t, t)``; see :meth:`_denoiser`."""
+        if isinstance(t, int):
+            t = torch.tensor(t, device=x_t.device)
+        time = t.to(x_t.dtype) * (1000.0 / self.config.timesteps)
+        return self._denoiser()(x_t, time)
 
     def _x0_eps(self, pred: Tensor, t: int | Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
         """The predicted (x0, eps) from the network's output, unclipped."""
@@ -648,52 +654,66 @@ class DDPM(AbstractGenerativeModel):
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         x = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
-        noise = torch.empty_like(x)
         if sampler == "ddpm":
-            x = self._sample_ddpm(x, steps, generator, noise)
+            x = self._sample_ddpm(x, steps, generator)
         else:
-            x = self._sample_ddim(x, steps, eta, generator, noise)
+            x = self._sample_ddim(x, steps, eta, generator)
         return self._decode(x)
 
-    def _sample_ddpm(
-        self, x: Tensor, steps: int, generator: torch.Generator | None, noise: Tensor
-    ) -> Tensor:
+    def _sample_ddpm(self, x: Tensor, steps: int, generator: torch.Generator | None) -> Tensor:
         if steps == self.config.timesteps:
             sched, times = self.schedule, list(range(1, steps + 1))
         else:
             sched, times = self.schedule.respaced(steps)
-        variance = self.config.variance
-        scaled = self._times(x)
+        variance, clip, param = self.config.variance, self._clip, self.config.parameterization
+        denoise, scaled, to_x0 = self._denoiser(), self._times(x), self.schedule.x0_from_velocity
+        spare, scratch = torch.empty_like(x), torch.empty_like(x)  # ping-pong buffers
         for i in range(len(times), 0, -1):  # i indexes the (respaced) chain, times[i-1] the net
-            pred, raw = self._network(x, times[i - 1], scaled[times[i - 1]])
-            eps, x0 = self._step_inputs(pred, times[i - 1], x)
+            t = times[i - 1]
+            pred, raw = denoise(x, scaled[t])
             var: Any = variance
             if raw is not None:
                 var = sched.reverse_log_variance(i, "small", x, torch.sigmoid(raw))
-            x = sched.step(eps, i, x, generator, x0=x0, variance=var, clip=self._clip, noise=noise)
+            if param == "epsilon":
+                out = sched.step(
+                    pred, i, x, generator, variance=var, clip=clip, out=spare, scratch=scratch
+                )
+            else:
+                x0 = pred if param == "x0" else to_x0(pred, t, x)
+                out = sched.step(
+                    None,
+                    i,
+                    x,
+                    generator,
+                    x0=x0,
+                    variance=var,
+                    clip=clip,
+                    out=spare,
+                    scratch=scratch,
+                )
+            x, spare = out, x
         return x
 
     def _sample_ddim(
-        self, x: Tensor, steps: int, eta: float, generator: torch.Generator | None, noise: Tensor
+        self, x: Tensor, steps: int, eta: float, generator: torch.Generator | None
     ) -> Tensor:
-        times = self.schedule.ddim_timesteps(steps)
-        scaled = self._times(x)
+        sched, clip, param = self.schedule, self._clip, self.config.parameterization
+        times = sched.ddim_timesteps(steps)
+        denoise, scaled = self._denoiser(), self._times(x)
+        spare, scratch = torch.empty_like(x), torch.empty_like(x)
         for t, s in zip(times, [*times[1:], 0], strict=True):
-            pred, _ = self._network(x, t, scaled[t])
-            eps, x0 = self._step_inputs(pred, t, x)
-            x = self.schedule.ddim_step(
-                eps, t, s, x, eta, generator, x0=x0, clip=self._clip, noise=noise
-            )
+            pred, _ = denoise(x, scaled[t])
+            if param == "epsilon":
+                out = sched.ddim_step(
+                    pred, t, s, x, eta, generator, clip=clip, out=spare, scratch=scratch
+                )
+            else:
+                x0 = pred if param == "x0" else sched.x0_from_velocity(pred, t, x)
+                out = sched.ddim_step(
+                    None, t, s, x, eta, generator, x0=x0, clip=clip, out=spare, scratch=scratch
+                )
+            x, spare = out, x
         return x
-
-    def _step_inputs(
-        self, pred: Tensor, t: int, x_t: Tensor
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """(eps, None) for epsilon prediction, else (None, x0): what the schedule's steps take."""
-        p = self.config.parameterization
-        if p == "epsilon":
-            return pred, None
-        return None, pred if p == "x0" else self.schedule.x0_from_velocity(pred, t, x_t)
 
 
 def _std(log_var: Tensor | float, like: Tensor) -> Tensor:

@@ -187,6 +187,23 @@ class NoiseSchedule(nn.Module):
             self.register_buffer(name, value.to(torch.get_default_dtype()), persistent=False)
         # Python floats (float64) for the samplers' scalar steps: no tensor indexing per step.
         self._host = {name: value.tolist() for name, value in table.items()}
+        self._ddpm = [self._ddpm_coefficients(t) for t in range(timesteps + 1)]
+        self._ddim: dict[tuple[int, int, float], tuple[float, ...]] = {}
+
+    def _ddpm_coefficients(self, t: int) -> tuple[float, ...]:
+        """Per-step floats of :meth:`step`: (a, b) of the mean from eps, eq. (11); (r, r s1) of
+        x0 from eps, eq. (15); the posterior coefficients (c0, c1); the small and large sds."""
+        h = self._host
+        if t == 0:
+            return (math.nan,) * 8
+        alpha, s1 = 1 - h["betas"][t], h["sqrt_one_minus_alphas_cumprod"][t]
+        a = 1 / math.sqrt(alpha) if alpha > 0 else math.inf
+        b = a * h["betas"][t] / s1
+        r = 1 / h["sqrt_alphas_cumprod"][t] if h["sqrt_alphas_cumprod"][t] > 0 else math.inf
+        c0, c1 = h["posterior_mean_coef_x0"][t], h["posterior_mean_coef_xt"][t]
+        sd_small = math.exp(0.5 * h["posterior_log_variance"][t])
+        sd_large = math.exp(0.5 * h["large_log_variance"][t])
+        return a, b, r, r * s1, c0, c1, sd_small, sd_large
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -281,7 +298,8 @@ class NoiseSchedule(nn.Module):
         x0: Tensor | None = None,
         variance: VarianceKind | Tensor = "small",
         clip: float | None = None,
-        noise: Tensor | None = None,
+        out: Tensor | None = None,
+        scratch: Tensor | None = None,
     ) -> Tensor:
         r"""One ancestral step :math:`x_{t-1} \sim p(x_{t-1} \mid x_t)` (Ho et al. Algorithm 2).
 
@@ -298,36 +316,31 @@ class NoiseSchedule(nn.Module):
             x0: the predicted clean data instead of ``eps`` (x0- and v-parameterizations).
             variance: ``"small"``, ``"large"`` or a log-variance tensor (learned variances).
             clip: clamp the predicted x0 to ``[-clip, clip]`` (data scaled to [-1, 1]).
-            noise: a preallocated buffer the noise is drawn into (saves an allocation).
+            out: a buffer shaped like ``x_t`` (not ``x_t`` itself) to write the result into.
+            scratch: a buffer shaped like ``x_t`` for intermediate values.
 
         Returns:
-            :math:`x_{t-1}`, a new tensor shaped like ``x_t``.
+            :math:`x_{t-1}` (``out`` when given).
         """
-        h = self._host
+        a, b, r, rs1, c0, c1, sd_small, sd_large = self._ddpm[t]
         if x0 is None and eps is None:
             raise ValueError("step needs eps or x0")
-        if x0 is None and clip is None:
-            # mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), eq. (11)
-            a = 1 / math.sqrt(1 - h["betas"][t])
-            b = a * h["betas"][t] / h["sqrt_one_minus_alphas_cumprod"][t]
-            out = x_t.mul(a).sub_(eps, alpha=b)
-        else:
-            if x0 is None:
-                r = 1 / h["sqrt_alphas_cumprod"][t]
-                out = x_t.mul(r).sub_(eps, alpha=r * h["sqrt_one_minus_alphas_cumprod"][t])
-            else:
-                out = x0.clone()
-            if clip is not None:
-                out.clamp_(-clip, clip)
-            out.mul_(h["posterior_mean_coef_x0"][t]).add_(
-                x_t, alpha=h["posterior_mean_coef_xt"][t]
-            )
-        z = torch.empty_like(x_t) if noise is None else noise
-        z.normal_(generator=generator)
+        out = torch.empty_like(x_t) if out is None else out
+        # 1. the noise, drawn straight into the result
         if isinstance(variance, Tensor):
-            return out.addcmul_(variance.mul(0.5).exp_(), z)
-        name = "posterior_log_variance" if variance == "small" else "large_log_variance"
-        return out.add_(z, alpha=math.exp(0.5 * h[name][t]))
+            out.normal_(generator=generator).mul_(variance.mul(0.5).exp_())
+        else:
+            out.normal_(0.0, sd_small if variance == "small" else sd_large, generator=generator)
+        # 2. the mean: eq. (11) from eps, or the posterior mean of the (clamped) x0, eq. (7)
+        if x0 is None and clip is None:
+            return out.add_(x_t, alpha=a).sub_(eps, alpha=b)
+        if x0 is None:
+            tmp = torch.empty_like(x_t) if scratch is None else scratch
+            x0 = torch.mul(x_t, r, out=tmp).sub_(eps, alpha=rs1)
+            x0 = x0.clamp_(-clip, clip) if clip is not None else x0
+        elif clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        return out.add_(x0, alpha=c0).add_(x_t, alpha=c1)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """The ``steps`` times a DDIM/respaced sampler visits, from T down: "trailing" spacing
@@ -348,7 +361,8 @@ class NoiseSchedule(nn.Module):
         *,
         x0: Tensor | None = None,
         clip: float | None = None,
-        noise: Tensor | None = None,
+        out: Tensor | None = None,
+        scratch: Tensor | None = None,
     ) -> Tensor:
         r"""One DDIM step from time ``t`` to an earlier time ``s`` (Song et al. eq. 12):
 
@@ -370,35 +384,61 @@ class NoiseSchedule(nn.Module):
             generator: the random generator of the noise (used only when ``eta > 0``).
             x0: the predicted clean data instead of ``eps`` (x0- and v-parameterizations).
             clip: clamp the predicted x0 to ``[-clip, clip]``.
-            noise: a preallocated buffer the noise is drawn into.
+            out: a buffer shaped like ``x_t`` (not ``x_t`` itself) to write the result into.
+            scratch: a buffer shaped like ``x_t`` for the noise.
 
         Returns:
-            :math:`x_s`, a new tensor shaped like ``x_t``.
+            :math:`x_s` (``out`` when given).
         """
-        h = self._host
-        ab_t, ab_s = h["alphas_cumprod"][t], h["alphas_cumprod"][s]
-        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) if eta > 0 else 0.0
-        direction = math.sqrt(max(1 - ab_s - sigma**2, 0.0))
-        sa_t, s1_t, sa_s = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_s)
         if x0 is None and eps is None:
             raise ValueError("ddim_step needs eps or x0")
+        key = (t, s, float(eta))
+        coef = self._ddim.get(key)
+        if coef is None:
+            coef = self._ddim[key] = self._ddim_coefficients(t, s, eta)
+        sa_s, direct_x, direct_eps, inv_sa, s1_over_sa, k_x0, k_xt, sigma = coef
+        out = torch.empty_like(x_t) if out is None else out
         if x0 is None and clip is None:
             # x_s = sqrt(ab_s) (x_t - s1_t eps) / sa_t + direction eps
-            out = x_t.mul(sa_s / sa_t).add_(eps, alpha=direction - sa_s * s1_t / sa_t)
+            torch.mul(x_t, direct_x, out=out).add_(eps, alpha=direct_eps)
         else:
             # x0 (clamped); eps' = (x_t - sa_t x0) / s1_t; x_s = sa_s x0 + direction eps'
             #   = (sa_s - direction sa_t / s1_t) x0 + (direction / s1_t) x_t
             if x0 is None:
-                out = x_t.mul(1 / sa_t).sub_(eps, alpha=s1_t / sa_t)
+                x0 = torch.mul(x_t, inv_sa, out=out).sub_(eps, alpha=s1_over_sa)
             else:
-                out = x0.clone()
+                x0 = out.copy_(x0)
             if clip is not None:
-                out.clamp_(-clip, clip)
-            out.mul_(sa_s - direction * sa_t / s1_t).add_(x_t, alpha=direction / s1_t)
+                x0.clamp_(-clip, clip)
+            out.mul_(k_x0).add_(x_t, alpha=k_xt)
         if sigma > 0:
-            z = torch.empty_like(x_t) if noise is None else noise
+            z = torch.empty_like(x_t) if scratch is None else scratch
             out.add_(z.normal_(generator=generator), alpha=sigma)
         return out
+
+    def _ddim_coefficients(self, t: int, s: int, eta: float) -> tuple[float, ...]:
+        h = self._host
+        if not 0 <= s < t <= self.timesteps:
+            raise ScheduleError(
+                f"a DDIM step needs 0 <= s < t <= {self.timesteps}, got {t} -> {s}"
+            )
+        ab_t, ab_s = h["alphas_cumprod"][t], h["alphas_cumprod"][s]
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) if eta > 0 else 0.0
+        direction = math.sqrt(max(1 - ab_s - sigma**2, 0.0))
+        sa_t, s1_t, sa_s = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_s)
+        inv_sa = 1 / sa_t if sa_t > 0 else math.inf
+        direct_x = sa_s * inv_sa
+        direct_eps = direction - sa_s * s1_t * inv_sa
+        return (
+            sa_s,
+            direct_x,
+            direct_eps,
+            inv_sa,
+            s1_t * inv_sa,
+            sa_s - direction * sa_t / s1_t,
+            direction / s1_t,
+            sigma,
+        )
 
     def respaced(self, steps: int) -> tuple[NoiseSchedule, list[int]]:
         """A schedule over the ``steps`` times of :meth:`ddim_timesteps` (Nichol & Dhariwal,
