@@ -14,9 +14,10 @@ once through ``ppgen.fit`` with the family's defaults for ``--steps`` steps, bat
    data-to-data distance (the training split to the held-out data). Goals: DDIM-50 at least 20x
    faster than DDPM-1000 with an energy distance at most 1.5x DDPM-1000's, on both datasets.
 2. **Per-step sampler overhead with the network excluded.** Every sampler loop driven by a
-   network that returns a precomputed tensor, batch 1000, at D = 2 and D = 64; median over
-   alternating rounds, so the (shared) machine's noise hits both sides. Goal: ppgen <= 0.5x
-   diffusers.
+   network that returns a precomputed tensor, batch 1000, at D = 2 and D = 64 (and D = 64 with
+   x0 clipped on both sides); median over alternating rounds, so the (shared) machine's noise
+   hits both sides. Goal: ppgen <= 0.5x diffusers. Sampling speeds in (1) are medians of 3
+   alternating rounds as well.
 3. **The bound.** The digits test split's variational bound in bits/dim (exact sum over all T,
    and the importance-sampled estimate with its standard error), and moons' in nats.
 """
@@ -117,18 +118,28 @@ def _quality(name: str, steps: int, seed: int) -> dict:
             model, DDIMScheduler, 50, 1000, s, d["clip"]
         ),
     }
-    for label, draw in runs.items():
-        times, chunks = [], []
-        for s in (seed + 1, seed + 2):  # 2 x 1000 samples
+    samples: dict[str, list[Tensor]] = {k: [] for k in runs}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(3):  # alternating rounds: 3 x 1000 samples each, timed; 2000 scored
+        for label, draw in runs.items():
             t0 = time.perf_counter()
-            chunks.append(draw(s))
-            times.append(time.perf_counter() - t0)
-        x = torch.cat(chunks)
+            samples[label].append(draw(seed + 1 + r))
+            times[label].append(time.perf_counter() - t0)
+    for label in runs:
+        x = torch.cat(samples[label][:2])
         if label.startswith("diffusers") and model.config.kind != "continuous":
             x = ((x + 1) * 8).round().clamp(0, 16)  # the nearest level, as ppgen's decoder mode
         x = space(x)
-        out[label] = {"ed": energy_distance(x, held), "sample_s_per_1000": min(times)}
+        out[label] = {
+            "ed": energy_distance(x, held),
+            "sample_s_per_1000": statistics.median(times[label]),
+            "finite": bool(torch.isfinite(x).all()),
+        }
         print(f"  {name} {label}: {out[label]}", flush=True)
+    for lib in ("ppgen", "diffusers"):
+        ddpm, ddim = out[f"{lib} DDPM-1000"], out[f"{lib} DDIM-50"]
+        out[f"{lib} speedup"] = ddpm["sample_s_per_1000"] / ddim["sample_s_per_1000"]
+        out[f"{lib} ed_ratio"] = ddim["ed"] / ddpm["ed"]
     # the bound, on the test split as given
     test = ppgen.datasets.load("digits" if name == "digits" else "moons", "test")
     x_test = test.data if name == "digits" else held[:1000]  # the exact sum costs T calls each
@@ -141,12 +152,14 @@ def _quality(name: str, steps: int, seed: int) -> dict:
     return out
 
 
-def _overhead(dims: int, rounds: int) -> dict:
-    """Median seconds per step of each sampler loop with the network replaced by a constant."""
+def _overhead(dims: int, rounds: int, clip: bool) -> dict:
+    """Median seconds per step of each sampler loop with the network replaced by a constant,
+    x0 clipped to [-1, 1] (discrete data) or not (continuous data) on both sides."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     n = 1000
-    model = DDPM(event_shape=(dims,), kind="continuous", timesteps=1000, hidden=[8])
+    kind = {"kind": "discrete", "levels": 17} if clip else {"kind": "continuous"}
+    model = DDPM(event_shape=(dims,), timesteps=1000, hidden=[8], **kind)
     model.net = _Fixed(torch.zeros(n, dims))
     net = _Fixed(torch.zeros(n, dims))
 
@@ -156,7 +169,7 @@ def _overhead(dims: int, rounds: int) -> dict:
         return (time.perf_counter() - t0) / 1000
 
     def theirs(cls: type) -> float:
-        sched = cls(num_train_timesteps=1000, clip_sample=False)
+        sched = cls(num_train_timesteps=1000, clip_sample=clip)
         sched.set_timesteps(1000)
         g = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
@@ -201,9 +214,10 @@ def main() -> None:
     import diffusers
 
     results["diffusers"] = diffusers.__version__
-    for dims in (2, 64):
-        results[f"overhead_D{dims}"] = r = _overhead(dims, args.rounds)
-        print(f"overhead D={dims}: {r}", flush=True)
+    for dims, clip in ((2, False), (64, False), (64, True)):
+        key = f"overhead_D{dims}" + ("_clipped" if clip else "")
+        results[key] = r = _overhead(dims, args.rounds, clip)
+        print(f"{key}: {r}", flush=True)
     if not args.skip_quality:
         for name in args.datasets:
             print(f"== {name}", flush=True)

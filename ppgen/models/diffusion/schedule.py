@@ -191,19 +191,19 @@ class NoiseSchedule(nn.Module):
         self._ddim: dict[tuple[int, int, float], tuple[float, ...]] = {}
 
     def _ddpm_coefficients(self, t: int) -> tuple[float, ...]:
-        """Per-step floats of :meth:`step`: (a, b) of the mean from eps, eq. (11); (r, r s1) of
-        x0 from eps, eq. (15); the posterior coefficients (c0, c1); the small and large sds."""
+        """Per-step floats of :meth:`step`: (a, b) of the mean from eps, eq. (11); sqrt(ab_t)
+        and sqrt(1 - ab_t); the posterior coefficients (c0, c1); the small and large sds."""
         h = self._host
         if t == 0:
             return (math.nan,) * 8
         alpha, s1 = 1 - h["betas"][t], h["sqrt_one_minus_alphas_cumprod"][t]
+        sa = h["sqrt_alphas_cumprod"][t]
         a = 1 / math.sqrt(alpha) if alpha > 0 else math.inf
         b = a * h["betas"][t] / s1
-        r = 1 / h["sqrt_alphas_cumprod"][t] if h["sqrt_alphas_cumprod"][t] > 0 else math.inf
         c0, c1 = h["posterior_mean_coef_x0"][t], h["posterior_mean_coef_xt"][t]
         sd_small = math.exp(0.5 * h["posterior_log_variance"][t])
         sd_large = math.exp(0.5 * h["large_log_variance"][t])
-        return a, b, r, r * s1, c0, c1, sd_small, sd_large
+        return a, b, sa, s1, c0, c1, sd_small, sd_large
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class NoiseSchedule(nn.Module):
         Returns:
             :math:`x_{t-1}` (``out`` when given).
         """
-        a, b, r, rs1, c0, c1, sd_small, sd_large = self._ddpm[t]
+        a, b, sa, s1, c0, c1, sd_small, sd_large = self._ddpm[t]
         if x0 is None and eps is None:
             raise ValueError("step needs eps or x0")
         out = torch.empty_like(x_t) if out is None else out
@@ -335,10 +335,12 @@ class NoiseSchedule(nn.Module):
         if x0 is None and clip is None:
             return out.add_(x_t, alpha=a).sub_(eps, alpha=b)
         if x0 is None:
+            # sqrt(ab_t) x0 = x_t - s1 eps, clamped to sqrt(ab_t) [-clip, clip]: one pass fewer
+            assert clip is not None
             tmp = torch.empty_like(x_t) if scratch is None else scratch
-            x0 = torch.mul(x_t, r, out=tmp).sub_(eps, alpha=rs1)
-            x0 = x0.clamp_(-clip, clip) if clip is not None else x0
-        elif clip is not None:
+            u = torch.add(x_t, eps, alpha=-s1, out=tmp).clamp_(-clip * sa, clip * sa)
+            return out.add_(u, alpha=c0 / sa).add_(x_t, alpha=c1)
+        if clip is not None:
             x0 = x0.clamp(-clip, clip)
         return out.add_(x0, alpha=c0).add_(x_t, alpha=c1)
 
@@ -404,13 +406,17 @@ class NoiseSchedule(nn.Module):
         else:
             # x0 (clamped); eps' = (x_t - sa_t x0) / s1_t; x_s = sa_s x0 + direction eps'
             #   = (sa_s - direction sa_t / s1_t) x0 + (direction / s1_t) x_t
-            if x0 is None:
-                x0 = torch.mul(x_t, inv_sa, out=out).sub_(eps, alpha=s1_over_sa)
+            if x0 is None:  # sqrt(ab_t) x0 = x_t - s1 eps, clamped to sqrt(ab_t) [-clip, clip]
+                assert clip is not None
+                sa_t = 1 / inv_sa
+                torch.add(x_t, eps, alpha=-s1_over_sa * sa_t, out=out)
+                out.clamp_(-clip * sa_t, clip * sa_t).mul_(k_x0 * inv_sa)
             else:
-                x0 = out.copy_(x0)
-            if clip is not None:
-                x0.clamp_(-clip, clip)
-            out.mul_(k_x0).add_(x_t, alpha=k_xt)
+                out.copy_(x0)
+                if clip is not None:
+                    out.clamp_(-clip, clip)
+                out.mul_(k_x0)
+            out.add_(x_t, alpha=k_xt)
         if sigma > 0:
             z = torch.empty_like(x_t) if scratch is None else scratch
             out.add_(z.normal_(generator=generator), alpha=sigma)
