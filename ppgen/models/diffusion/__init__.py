@@ -3,6 +3,8 @@
 - :mod:`~ppgen.models.diffusion.schedule`: :class:`NoiseSchedule`, the forward process and its
   closed forms (linear and cosine schedules, DDPM and DDIM steps);
 - :mod:`~ppgen.models.diffusion.decoder`: :class:`DiscretizedGaussian`, discrete data's decoder;
+- :mod:`~ppgen.models.diffusion.samplers`: the DDPM (ancestral, respaced) and DDIM loops;
+- :mod:`~ppgen.models.diffusion.config`: :class:`DDPMConfig`;
 - :mod:`~ppgen.models.diffusion.ddpm`: :class:`DDPM`, the family (registered as ``"ddpm"``).
 """
 
@@ -15,8 +17,12 @@ __all__ = [
     "DiscretizedGaussian",
     "NoiseSchedule",
     "ScheduleError",
+    "sample_ddim",
+    "sample_ddpm",
 ]
 
-from ppgen.models.diffusion.ddpm import DDPM, DDPMConfig, DiffusionBound
+from ppgen.models.diffusion.config import DDPMConfig
+from ppgen.models.diffusion.ddpm import DDPM, DiffusionBound
 from ppgen.models.diffusion.decoder import DiscretizedGaussian
+from ppgen.models.diffusion.samplers import sample_ddim, sample_ddpm
 from ppgen.models.diffusion.schedule import NoiseSchedule, ScheduleError

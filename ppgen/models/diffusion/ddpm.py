@@ -33,125 +33,24 @@ __all__ = ["DDPM", "DDPMConfig", "DiffusionBound"]
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.base import AbstractGenerativeModel, pyro_program
+from ppgen.models.diffusion.config import (
+    BoundMethod,
+    DDPMConfig,
+    LossKind,
+    Sampler,
+)
 from ppgen.models.diffusion.decoder import DiscretizedGaussian, quantize_unit
-from ppgen.models.diffusion.schedule import NoiseSchedule, ScheduleError
+from ppgen.models.diffusion.samplers import sample_ddim, sample_ddpm
+from ppgen.models.diffusion.schedule import NoiseSchedule
 from ppgen.models.nets import TimeMLP, UNet
-
-Parameterization = Literal["epsilon", "x0", "v"]
-Variance = Literal["small", "large", "learned"]
-Sampler = Literal["ddpm", "ddim"]
-BoundMethod = Literal["exact", "importance"]
-LossKind = Literal["simple", "vlb", "hybrid"]
-
-_DEFAULT_HIDDEN = {"mlp": (256, 256, 256), "unet": (32, 64)}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DDPMConfig(ModelConfig):
-    """Configuration of :class:`DDPM`.
-
-    Arguments:
-        timesteps: T, the length of the chain.
-        hidden: the denoiser's widths: MLP hidden widths, or U-Net channels per resolution
-            level; None for the default, ``(256, 256, 256)`` (MLP) or ``(32, 64)`` (U-Net).
-        denoiser: ``"mlp"``, ``"unet"``, or ``"auto"`` (a U-Net for image-shaped data
-            ``(C, H, W)``, else an MLP on the flattened data).
-        time_features: the width of the sinusoidal time embedding.
-        schedule: the noise schedule, ``"linear"`` or ``"cosine"``.
-        zero_terminal_snr: rescale the schedule to :math:`\\bar\\alpha_T = 0` (needs ``x0`` or
-            ``v`` parameterization).
-        parameterization: what the network predicts: ``"epsilon"`` (the noise), ``"x0"`` (the
-            data) or ``"v"`` (the velocity).
-        variance: the reverse variances: fixed ``"small"`` (:math:`\\tilde\\beta_t`), fixed
-            ``"large"`` (:math:`\\beta_t`), or ``"learned"`` (an interpolation of the two in log
-            space, Nichol & Dhariwal 2021; train it with the hybrid loss, the default then).
-        clip_denoised: clamp the predicted x0 to [-1, 1] in the reverse steps (the model, its
-            bound and its samplers alike); None means True for discrete data (whose scaled
-            support is [-1, 1]) and False for continuous data.
-        standardize: standardize continuous data with the first training batch's moments.
-        sampler: the default sampler of :meth:`DDPM.sample`: ``"ddpm"`` (ancestral: exactly
-            the model's distribution with all T steps) or ``"ddim"``.
-        sampling_steps: the default number of sampler steps; None means T for DDPM and 50
-            (or T if smaller) for DDIM.
-        eta: the default DDIM noise level (0: deterministic DDIM; 1: DDPM's variance).
-    """
-
-    timesteps: int = 1000
-    hidden: tuple[int, ...] | None = None
-    denoiser: Literal["auto", "mlp", "unet"] = "auto"
-    time_features: int = 128
-    schedule: Literal["linear", "cosine"] = "linear"
-    zero_terminal_snr: bool = False
-    parameterization: Parameterization = "epsilon"
-    variance: Variance = "small"
-    clip_denoised: bool | None = None
-    standardize: bool = True
-    sampler: Sampler = "ddpm"
-    sampling_steps: int | None = None
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        choices = {
-            "denoiser": ("auto", "mlp", "unet"),
-            "schedule": ("linear", "cosine"),
-            "parameterization": ("epsilon", "x0", "v"),
-            "variance": ("small", "large", "learned"),
-            "sampler": ("ddpm", "ddim"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.timesteps < 2:
-            raise ValueError(f"timesteps must be at least 2, got {self.timesteps}")
-        if self.zero_terminal_snr and self.parameterization == "epsilon":
-            raise ScheduleError(
-                "zero_terminal_snr=True with parameterization='epsilon' cannot recover x0 at "
-                "t = T (alpha_bar_T = 0); use parameterization='v' or 'x0'"
-            )
-        if self.sampling_steps is not None and not 1 <= self.sampling_steps <= self.timesteps:
-            raise ValueError(
-                f"sampling_steps must lie in [1, timesteps={self.timesteps}], "
-                f"got {self.sampling_steps}"
-            )
-        if not 0.0 <= self.eta:
-            raise ValueError(f"eta must be non-negative, got {self.eta}")
-        if self.time_features < 2:
-            raise ValueError(f"time_features must be at least 2, got {self.time_features}")
-        self.denoiser_kind()  # validates the shape for a U-Net
-
-    def denoiser_kind(self) -> Literal["mlp", "unet"]:
-        """The denoiser ``"auto"`` resolves to for this data shape (validating a U-Net's)."""
-        image = len(self.event_shape) == 3
-        if self.denoiser == "mlp" or (self.denoiser == "auto" and not image):
-            return "mlp"
-        if not image:
-            raise ValueError(
-                f"denoiser='unet' needs image-shaped data (C, H, W); got event_shape "
-                f"{self.event_shape}; use denoiser='mlp'"
-            )
-        levels = len(self.hidden_widths("unet"))
-        factor = 2 ** (levels - 1)
-        if self.event_shape[1] % factor or self.event_shape[2] % factor:
-            if self.denoiser == "auto":
-                return "mlp"
-            raise ValueError(
-                f"a U-Net with {levels} levels needs H and W divisible by {factor}; got "
-                f"{self.event_shape[1:]}: pass fewer hidden levels or denoiser='mlp'"
-            )
-        return "unet"
-
-    def hidden_widths(self, kind: Literal["mlp", "unet"]) -> tuple[int, ...]:
-        """``hidden``, or the default widths of denoiser ``kind``."""
-        return tuple(self.hidden) if self.hidden is not None else _DEFAULT_HIDDEN[kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,14 +168,18 @@ class DDPM(AbstractGenerativeModel):
         T = self.config.timesteps
         return torch.arange(T + 1, device=like.device, dtype=like.dtype) * (1000.0 / T)
 
-    def _denoiser(self) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]:
+    def _denoiser(
+        self, table: Tensor | None = None
+    ) -> Callable[[Tensor, Any], tuple[Tensor, Tensor | None]]:
         """The network as a function ``(x_t, time) -> (prediction, raw variance or None)``, both
         shaped like ``x_t`` (any leading dims: particles), attributes bound once for the
-        samplers' loops."""
+        samplers' loops. With ``table`` (:meth:`_times`), ``time`` is the integer t instead."""
         net, k = self.net, len(self.event_shape)
         learned, unet = self._out_mult == 2, self._kind == "unet"
 
-        def call(x_t: Tensor, time: Tensor) -> tuple[Tensor, Tensor | None]:
+        def call(x_t: Tensor, time: Any) -> tuple[Tensor, Tensor | None]:
+            if table is not None:
+                time = table[time]
             if unet:
                 out = net(x_t, time)  # (..., m C, H, W)
                 if not learned:
@@ -298,29 +201,30 @@ class DDPM(AbstractGenerativeModel):
         time = t.to(x_t.dtype) * (1000.0 / self.config.timesteps)
         return self._denoiser()(x_t, time)
 
-    def _x0_eps(self, pred: Tensor, t: int | Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
-        """The predicted (x0, eps) from the network's output, unclipped."""
+    def _predicted_x0(self, pred: Tensor, t: int | Tensor, x_t: Tensor) -> Tensor:
+        """The predicted x0 from the network's output (eq. 15 for epsilon), unclipped."""
         s, p = self.schedule, self.config.parameterization
         if p == "epsilon":
-            return s.predict_x0(pred, t, x_t), pred
-        x0 = pred if p == "x0" else s.x0_from_velocity(pred, t, x_t)
-        return x0, s.predict_eps(x0, t, x_t)
+            return s.predict_x0(pred, t, x_t)
+        return pred if p == "x0" else s.x0_from_velocity(pred, t, x_t)
 
-    def _reverse(
-        self, x_t: Tensor, t: int | Tensor, detach_mean: bool = False
+    def _reverse_from(
+        self, pred: Tensor, raw: Tensor | None, x_t: Tensor, t: int | Tensor, clip: bool = True
     ) -> tuple[Tensor, Tensor | float]:
-        r"""Mean and log-variance of :math:`p_\theta(x_{t-1} \mid x_t)` (at t = 1: the
-        decoder's Gaussian, in the chain's space)."""
-        pred, raw = self._network(x_t, t)
-        if detach_mean:
-            pred = pred.detach()
-        x0, _ = self._x0_eps(pred, t, x_t)
-        if self._clip is not None:
+        r"""Mean and log-variance of :math:`p_\theta(x_{t-1} \mid x_t)` given the network's
+        outputs (at t = 1: the decoder's Gaussian, in the chain's space)."""
+        x0 = self._predicted_x0(pred, t, x_t)
+        if clip and self._clip is not None:
             x0 = x0.clamp(-self._clip, self._clip)
         mean, _ = self.schedule.posterior(x0, x_t, t)
         frac = None if raw is None else torch.sigmoid(raw)
-        log_var = self.schedule.reverse_log_variance(t, self.config.variance, x_t, frac)  # type: ignore[arg-type]
-        return mean, log_var
+        variance: Any = self.config.variance
+        return mean, self.schedule.reverse_log_variance(t, variance, x_t, frac)
+
+    def _reverse(self, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor | float]:
+        """:meth:`_reverse_from` at the network's outputs for ``(x_t, t)``."""
+        pred, raw = self._network(x_t, t)
+        return self._reverse_from(pred, raw, x_t, t)
 
     def _decoder(self, mean: Tensor, log_var: Tensor | float) -> dist.Distribution:
         r""":math:`p(x_0 \mid x_1)` over the data as given, from the t = 1 reverse Gaussian."""
@@ -383,10 +287,23 @@ class DDPM(AbstractGenerativeModel):
     ) -> Tensor:
         """One-draw terms at times ``t`` (one per row of ``y0``): :math:`L_{t-1}` for t >= 2,
         :math:`L_0` for t = 1. Shapes: ``y0``/``x`` ``(B, *event)``, ``t`` ``(B,)`` -> ``(B,)``."""
-        k = len(self.event_shape)
         eps = torch.randn(y0.shape, generator=generator, dtype=y0.dtype, device=y0.device)
         x_t = self.schedule.add_noise(y0, eps, t)
         mean_p, log_var_p = self._reverse(x_t, t)
+        return self._terms_from(mean_p, log_var_p, y0, x, x_t, t)
+
+    def _terms_from(
+        self,
+        mean_p: Tensor,
+        log_var_p: Tensor | float,
+        y0: Tensor,
+        x: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+    ) -> Tensor:
+        """The bound's term per row given the reverse Gaussian at ``(x_t, t)``: the closed-form
+        KL to the posterior q(x_{t-1} | x_t, x_0) for t >= 2, -log p(x | x_1) for t = 1."""
+        k = len(self.event_shape)
         mean_q, var_q = self.schedule.posterior(y0, x_t, t)
         var_q = torch.as_tensor(var_q).clamp_min(torch.finfo(y0.dtype).tiny)  # 0 at t = 1
         log_var_p = torch.as_tensor(log_var_p, dtype=y0.dtype, device=y0.device)
@@ -570,32 +487,12 @@ class DDPM(AbstractGenerativeModel):
             if raw is not None:  # keep the variance head in the graph (no gradient signal)
                 simple = simple + 0.0 * raw.flatten(-k).mean(-1)
             return simple
-        vlb = self._vlb_from(pred.detach() if loss == "hybrid" else pred, raw, y0, x, x_t, t)
-        vlb = vlb / self.config.num_dims
+        # the bound's term at t, with the network's own (unclipped) x0: a training loss
+        mean_p, log_var_p = self._reverse_from(
+            pred.detach() if loss == "hybrid" else pred, raw, x_t, t, clip=False
+        )
+        vlb = self._terms_from(mean_p, log_var_p, y0, x, x_t, t) / self.config.num_dims
         return vlb if loss == "vlb" else simple + vlb_weight * vlb
-
-    def _vlb_from(
-        self, pred: Tensor, raw: Tensor | None, y0: Tensor, x: Tensor, x_t: Tensor, t: Tensor
-    ) -> Tensor:
-        """The bound's term at ``t`` given the network's outputs (unclipped: a training loss)."""
-        k = len(self.event_shape)
-        x0, _ = self._x0_eps(pred, t, x_t)
-        mean_p, _ = self.schedule.posterior(x0, x_t, t)
-        frac = None if raw is None else torch.sigmoid(raw)
-        log_var_p = torch.as_tensor(
-            self.schedule.reverse_log_variance(t, self.config.variance, x_t, frac)  # type: ignore[arg-type]
-        )
-        mean_q, var_q = self.schedule.posterior(y0, x_t, t)
-        var_q = torch.as_tensor(var_q).clamp_min(torch.finfo(y0.dtype).tiny)
-        kl = 0.5 * (
-            log_var_p - var_q.log() + (var_q + (mean_q - mean_p) ** 2) / log_var_p.exp() - 1
-        )
-        kl = kl.expand(y0.shape).flatten(-k).sum(-1)
-        if self.config.kind != "continuous":
-            nll = -self._decoder(mean_p, log_var_p).log_prob(x)
-        else:  # in the chain's space: the standardization's constant Jacobian carries no gradient
-            nll = -dist.Normal(mean_p, _std(log_var_p, mean_p)).to_event(k).log_prob(y0)
-        return torch.where(t == 1, nll, kl)
 
     def fit_defaults(self) -> dict[str, Any]:
         """EMA of the weights (decay 0.995: a half-life of about 140 steps, right for runs of a
@@ -654,66 +551,16 @@ class DDPM(AbstractGenerativeModel):
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         x = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
+        denoise = self._denoiser(self._times(x))
+        options = {"parameterization": cfg.parameterization, "clip": self._clip}
         if sampler == "ddpm":
-            x = self._sample_ddpm(x, steps, generator)
+            variance: Any = cfg.variance
+            x = sample_ddpm(
+                self.schedule, denoise, x, steps, generator, variance=variance, **options
+            )
         else:
-            x = self._sample_ddim(x, steps, eta, generator)
+            x = sample_ddim(self.schedule, denoise, x, steps, eta, generator, **options)
         return self._decode(x)
-
-    def _sample_ddpm(self, x: Tensor, steps: int, generator: torch.Generator | None) -> Tensor:
-        if steps == self.config.timesteps:
-            sched, times = self.schedule, list(range(1, steps + 1))
-        else:
-            sched, times = self.schedule.respaced(steps)
-        variance, clip, param = self.config.variance, self._clip, self.config.parameterization
-        denoise, scaled, to_x0 = self._denoiser(), self._times(x), self.schedule.x0_from_velocity
-        spare, scratch = torch.empty_like(x), torch.empty_like(x)  # ping-pong buffers
-        for i in range(len(times), 0, -1):  # i indexes the (respaced) chain, times[i-1] the net
-            t = times[i - 1]
-            pred, raw = denoise(x, scaled[t])
-            var: Any = variance
-            if raw is not None:
-                var = sched.reverse_log_variance(i, "small", x, torch.sigmoid(raw))
-            if param == "epsilon":
-                out = sched.step(
-                    pred, i, x, generator, variance=var, clip=clip, out=spare, scratch=scratch
-                )
-            else:
-                x0 = pred if param == "x0" else to_x0(pred, t, x)
-                out = sched.step(
-                    None,
-                    i,
-                    x,
-                    generator,
-                    x0=x0,
-                    variance=var,
-                    clip=clip,
-                    out=spare,
-                    scratch=scratch,
-                )
-            x, spare = out, x
-        return x
-
-    def _sample_ddim(
-        self, x: Tensor, steps: int, eta: float, generator: torch.Generator | None
-    ) -> Tensor:
-        sched, clip, param = self.schedule, self._clip, self.config.parameterization
-        times = sched.ddim_timesteps(steps)
-        denoise, scaled = self._denoiser(), self._times(x)
-        spare, scratch = torch.empty_like(x), torch.empty_like(x)
-        for t, s in zip(times, [*times[1:], 0], strict=True):
-            pred, _ = denoise(x, scaled[t])
-            if param == "epsilon":
-                out = sched.ddim_step(
-                    pred, t, s, x, eta, generator, clip=clip, out=spare, scratch=scratch
-                )
-            else:
-                x0 = pred if param == "x0" else sched.x0_from_velocity(pred, t, x)
-                out = sched.ddim_step(
-                    None, t, s, x, eta, generator, x0=x0, clip=clip, out=spare, scratch=scratch
-                )
-            x, spare = out, x
-        return x
 
 
 def _std(log_var: Tensor | float, like: Tensor) -> Tensor:
