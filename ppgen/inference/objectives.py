@@ -129,6 +129,14 @@ class Denoising(AbstractObjective):
     References:
         Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239.
         Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. arXiv:2102.09672.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("moons", split="val")
+        >>> m = ppgen.build("ddpm", ds, timesteps=10, hidden=[8], variance="learned")
+        >>> obj = make_objective("denoising", m, loss="hybrid", vlb_weight=1e-3)
+        >>> obj.loss(m, ds.data[:16], None, "model", 0).shape
+        torch.Size([])
     """
 
     name = "denoising"

@@ -374,6 +374,16 @@ def test_importance_sampled_bound_agrees_with_the_sum():
         ppgen.evaluate(m, x, no_such_option=1)
 
 
+@pytest.mark.parametrize("method", ["exact", "importance"])
+def test_bound_is_differentiable(method):
+    """The bound can be trained on directly: every parameter gets a finite gradient."""
+    ds = ppgen.datasets.load("digits", "val").subset(4)
+    m = ppgen.build("ddpm", ds, timesteps=6, hidden=[8], variance="learned")
+    m.elbo(ds.data, method=method, num_t=3).mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
 def test_bound_on_discrete_data_by_quadrature():
     """On 1-D discrete data with T = 2, log P(v) = log E_{x_2} E_{x_1|x_2} P(v | x_1) is a 2-D
     integral: by Gauss-Hermite quadrature the model's levels sum to 1 and the bound (averaged

@@ -48,6 +48,13 @@ class DDPMConfig(ModelConfig):
         sampling_steps: the default number of sampler steps; None means T for DDPM and 50
             (or T if smaller) for DDIM.
         eta: the default DDIM noise level (0: deterministic DDIM; 1: DDPM's variance).
+
+    Example:
+        >>> cfg = DDPMConfig(event_shape=(1, 8, 8), kind="discrete", levels=17, timesteps=100)
+        >>> cfg.denoiser_kind(), cfg.hidden_widths("unet")
+        ('unet', (32, 64))
+        >>> DDPMConfig.from_dict(cfg.to_dict()) == cfg
+        True
     """
 
     timesteps: int = 1000

@@ -66,6 +66,14 @@ class DiffusionBound:
             (``method="importance"``; zeros for ``"exact"``, whose only noise is the one draw of
             each :math:`x_t`), ``(N,)``.
         method: ``"exact"`` or ``"importance"``.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("digits", split="val")
+        >>> m = ppgen.build("ddpm", ds, timesteps=10, hidden=[8])
+        >>> b = m.bound(ds.data[:3], method="importance", num_t=4)
+        >>> torch.allclose(b.per_example, -(b.prior + b.diffusion + b.decoder))
+        True
     """
 
     per_example: Tensor
@@ -388,7 +396,8 @@ class DDPM(AbstractGenerativeModel):
             probs = torch.full((T - 1,), 1.0 / (T - 1), dtype=y0.dtype, device=x.device)
             if pilot > 0:
                 m = min(pilot, x.shape[0])
-                pilot_terms = self._terms_all(y0[:m], x[:m], times, rows, generator)
+                with torch.no_grad():  # the proposal carries no gradient
+                    pilot_terms = self._terms_all(y0[:m], x[:m], times, rows, generator)
                 scale = pilot_terms.pow(2).mean(0).sqrt()
                 if float(scale.sum()) > 0:
                     probs = 0.9 * scale / scale.sum() + 0.1 * probs
