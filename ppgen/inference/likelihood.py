@@ -158,12 +158,26 @@ def estimate_exact(
 
 @register_estimator("elbo")
 def estimate_elbo(
-    model: AbstractGenerativeModel, x: Tensor, context: Tensor | None = None, **_: Any
+    model: AbstractGenerativeModel,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    num_particles: int | None = None,
+    **options: Any,
 ) -> tuple[Tensor, Kind]:
-    """The family's per-example evidence lower bound (``model.elbo``)."""
+    """The family's per-example evidence lower bound (``model.elbo``); ``options`` go to
+    ``model.elbo`` (e.g. diffusion's ``method="importance", num_t=64``)."""
     if model.likelihood == "none":
         raise ValueError(f"{type(model).__name__} is implicit: it has no ELBO; use 'ais'")
-    return model.elbo(x, context), "lower_bound"
+    if options:
+        import inspect
+
+        try:
+            inspect.signature(model.elbo).bind(x, context, **options)
+        except TypeError as e:
+            name = type(model).__name__
+            raise ValueError(f"{name}.elbo does not take {sorted(options)}: {e}") from None
+    return model.elbo(x, context, **options), "lower_bound"
 
 
 def _convention(model: AbstractGenerativeModel) -> str:

@@ -146,6 +146,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     Hooks with defaults (override where the family needs them):
         :meth:`initialize` (data-dependent init, run once before the first training step),
         :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
+        :meth:`denoising_loss` (the per-example loss of the ``"denoising"`` objective),
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
         :attr:`conditional` (True when ``model``/``sample`` take ``context``: the trainer then
@@ -253,6 +254,16 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
         """Data-dependent initialization, called once on the first training batch (never again
         on resume). Default: nothing."""
+
+    def denoising_loss(
+        self, x: Tensor, context: Tensor | None = None, **options: Any
+    ) -> Tensor:
+        """Per-example loss ``(N,)`` of the ``"denoising"`` objective (diffusion families, which
+        declare ``default_objective = "denoising"``). Default: this family has none."""
+        raise ValueError(
+            f"{type(self).__name__} has no denoising loss; fit it with its default objective "
+            f"{self.default_objective!r}"
+        )
 
     def fit_defaults(self) -> dict[str, Any]:
         """Trainer keyword defaults this family wants (e.g. ``{"ema": 0.999}``); the user's
