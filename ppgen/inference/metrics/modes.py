@@ -1,69 +1,23 @@
-r"""Sample quality: two-sample statistics between a model's samples and data, each labelled.
-
-Every function takes two batches, ``x`` (by convention the model's samples) and ``y`` (the
-reference data), each ``(N, *event_shape)``, and returns a small frozen result object with
-``value`` and, where defined, ``p_value`` and ``stderr``, plus what it was computed on (sizes,
-features, settings).
-"""
+"""Mode coverage and the high-quality fraction of samples from a known mixture."""
 
 from __future__ import annotations
 
 __all__ = [
-    "MetricError",
-    "MetricResult",
     "ModeCoverage",
     "mode_coverage",
 ]
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
-
-class MetricError(ValueError):
-    """Raised for inputs a metric cannot use (wrong shapes, non-finite values, too few points)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MetricResult:
-    """A sample-quality number that says what it is and what it was computed on.
-
-    Attributes:
-        name: the metric (``"mmd"``, ``"kid"``, ``"frechet_distance"``...).
-        value: the statistic.
-        p_value: the p-value of the test "x and y come from one distribution", where defined.
-        stderr: a standard error of ``value``, where defined (the metric's docstring says how).
-        num_x: number of points in ``x`` (the model's samples).
-        num_y: number of points in ``y`` (the reference data).
-        features: what the statistic was computed on (``"raw"``, ``"digits-classifier"``,
-            the name of a user's feature function...).
-        details: the settings that produced it (bandwidth, permutations, k...).
-    """
-
-    name: str
-    value: float
-    p_value: float | None = None
-    stderr: float | None = None
-    num_x: int
-    num_y: int
-    features: str = "raw"
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        out = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
-
-    def __str__(self) -> str:
-        text = f"{self.name} = {self.value:.4g}"
-        if self.stderr is not None:
-            text += f" ± {self.stderr:.2g}"
-        if self.p_value is not None:
-            text += f" (p = {self.p_value:.3g})"
-        return text + f" [{self.features}; n_x={self.num_x}, n_y={self.num_y}]"
+from ppgen.inference.metrics.base import (
+    MetricError,
+    MetricResult,
+    _as_points,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,28 +51,6 @@ class ModeCoverage(MetricResult):
             f"{self.high_quality_fraction:.3f}, reverse KL {self.reverse_kl:.3f} nats "
             f"[n={self.num_x}, {self.threshold:g} std, min share {self.min_share:.3g}]"
         )
-
-
-# ---- input checks ---------------------------------------------------------------------------
-
-
-def _as_points(x: Tensor, what: str, *, min_points: int = 1) -> Tensor:
-    """``x`` as a float64 CPU matrix ``(N, D)`` (event dims flattened), checked at the edge."""
-    if not torch.is_tensor(x):
-        raise MetricError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise MetricError(
-            f"{what} has shape {tuple(x.shape)}; pass a batch (N, *event_shape), e.g. (N, 2)"
-        )
-    if x.shape[0] < min_points:
-        raise MetricError(f"{what} holds {x.shape[0]} point(s); this needs at least {min_points}")
-    out = x.detach().reshape(x.shape[0], -1).to(device="cpu", dtype=torch.float64)
-    if not torch.isfinite(out).all():
-        raise MetricError(f"{what} holds non-finite values (NaN or inf); remove them first")
-    return out
-
-
-# ---- mode coverage --------------------------------------------------------------------------
 
 
 @torch.no_grad()
