@@ -60,20 +60,30 @@ def _mixture(**fields):
 
 
 def test_bootstrap_ci_covers_the_true_mean_at_its_nominal_rate():
-    # 400 simulated data sets of 100 per-example "log-likelihoods" -z^2/2 (chi-square shaped,
-    # skewed like real ones; true mean -1/2). A 95% BCa interval must cover -1/2 in 95% of them
-    # up to Monte Carlo error (3 binomial standard errors: false alarm ~0.3%) plus the O(1/n)
-    # coverage error of BCa at n = 100 (about 1%, DiCiccio & Efron 1996).
-    hits = {"bca": 0, "percentile": 0}
-    sims = 400
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    # 300 simulated test sets of 100 per-example values. Gaussian values: the 95% BCa interval
+    # covers the true mean in 95% of them within 3 binomial standard errors (false alarm 0.3%;
+    # the normal-vs-t quantile gap at n = 100 costs only 0.3% of coverage). Skewed values
+    # (-z^2/2, like per-example log-likelihoods): every bootstrap interval undercovers a little
+    # at n = 100 (a property of the method, measured in docs/benchmarks.md), so there the check
+    # is agreement with scipy's independent BCa implementation on the same data, within the
+    # paired Monte Carlo error.
+    sims = 300
+    normal_hits, paired = 0, []
     for seed in range(sims):
         z = torch.randn(100, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        for method in hits:
-            ci = analysis.bootstrap_ci(-0.5 * z**2, num_bootstrap=1000, method=method, seed=seed)
-            hits[method] += ci.contains(-0.5)
-    slack = 3 * math.sqrt(0.95 * 0.05 / sims) + 0.01
-    assert abs(hits["bca"] / sims - 0.95) < slack, hits
-    assert hits["percentile"] / sims > 0.95 - slack - 0.02, hits  # percentile: a little worse
+        normal_hits += analysis.bootstrap_ci(z, num_bootstrap=1000, seed=seed).contains(0.0)
+        v = -0.5 * z**2
+        ours = analysis.bootstrap_ci(v, num_bootstrap=1000, seed=seed).contains(-0.5)
+        ref = bootstrap(
+            (v.numpy(),), np.mean, n_resamples=1000, method="BCa", random_state=seed
+        ).confidence_interval
+        paired.append(float(ours) - float(ref.low <= -0.5 <= ref.high))
+    assert abs(normal_hits / sims - 0.95) < 3 * math.sqrt(0.95 * 0.05 / sims), normal_hits
+    d = torch.tensor(paired)
+    assert abs(float(d.mean())) <= 3 * float(d.std()) / math.sqrt(sims) + 1 / sims, d.mean()
 
 
 @settings(max_examples=20, deadline=None)
@@ -175,7 +185,7 @@ def test_compare_refuses_mixed_kinds_unless_asked():
 def test_compare_two_models_on_data():
     train, test = ppgen.datasets.load("moons", "train"), ppgen.datasets.load("moons", "test")
     fitted = ppgen.build("independent", train, components=3)
-    ppgen.fit(fitted, train, steps=100, batch_size=500, lr=0.05, progress=False)
+    fitted.initialize(train.data)  # data-dependent init: already far better than N(0, 1)
     untrained = ppgen.build("independent", train)
     c = analysis.compare(fitted, untrained, test, num_bootstrap=500)
     assert c.mean_difference > 0 and c.p_value < 1e-10 and c.num_examples == len(test)
@@ -204,7 +214,9 @@ def test_hdr_coverage_of_the_true_density_lies_on_the_diagonal():
 def test_hdr_coverage_and_pit_of_a_fitted_family_on_its_own_samples():
     train = ppgen.datasets.load("digits", "train")
     m = ppgen.build("independent", train)
-    ppgen.fit(m, train, steps=30, batch_size=200, lr=0.1, progress=False)
+    with torch.no_grad():  # the maximum-likelihood fit, in closed form: empirical frequencies
+        counts = torch.nn.functional.one_hot(train.data.reshape(len(train), -1).long(), 17)
+        m.logits.copy_((counts.sum(0) + 0.5).log())
     own = m.sample(2000, seed=7)
     r = analysis.hdr_coverage(m, own, levels=[0.1, 0.5, 0.9], num_samples=4000)
     for alpha, cov, se in zip(r.levels, r.coverage, r.stderr, strict=True):
@@ -212,9 +224,9 @@ def test_hdr_coverage_and_pit_of_a_fitted_family_on_its_own_samples():
     p = analysis.pit(m, own, num_samples=4000, seed=1)
     assert p.values.shape == (2000, 64) and p.p_value > 1e-3  # exact randomized PIT
     assert p.histogram(10).sum(1).eq(2000).all()
-    # data that are not the model's: digits themselves, under a 30-step independent model
-    real = analysis.pit(m, train, num_samples=4000, seed=1)
-    assert real.p_value < p.p_value
+    # the real digits: their per-pixel marginals are the model's (it is their MLE, up to the
+    # +0.5 smoothing), so the marginal PIT is uniform although the joint is far from it
+    assert analysis.pit(m, train, num_samples=4000, seed=1).p_value > 1e-3
 
 
 def test_pit_detects_a_shifted_marginal():
@@ -270,7 +282,7 @@ def test_log_likelihoods_as_inference_data_and_az_tables():
     test = ppgen.datasets.load("moons", "test").subset(400)
     train = ppgen.datasets.load("moons", "train")
     good = ppgen.build("independent", train, components=3)
-    ppgen.fit(good, train, steps=100, batch_size=500, lr=0.05, progress=False)
+    good.initialize(train.data)
     plain = ppgen.build("independent", train)
     idata = analysis.to_inference_data({"good": good, "plain": plain}, test)
     ll = idata.log_likelihood
@@ -289,3 +301,59 @@ def test_log_likelihoods_as_inference_data_and_az_tables():
         analysis.to_inference_data(
             {"a": _evaluation(torch.zeros(4)), "b": _evaluation(torch.zeros(4), "estimate")}
         )
+
+
+# ---- calibration sweeps (slow: run with -m slow) --------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [30, 100, 400])
+def test_bootstrap_coverage_over_1000_simulations(n):
+    # skewed values (-z^2/2): BCa's coverage approaches 95% as n grows (0.91, 0.93, 0.94
+    # measured at n = 30, 100, 400: docs/benchmarks.md); it must never be worse than the
+    # percentile interval's by more than the paired Monte Carlo error, and at n = 400 it must
+    # be within 3 binomial standard errors of 95%
+    sims = 1000
+    paired, bca_hits = [], 0
+    for seed in range(sims):
+        z = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        v = -0.5 * z**2
+        bca = analysis.bootstrap_ci(v, num_bootstrap=1000, seed=seed).contains(-0.5)
+        pct = analysis.bootstrap_ci(v, num_bootstrap=1000, method="percentile", seed=seed)
+        bca_hits += bca
+        paired.append(float(bca) - float(pct.contains(-0.5)))
+    d = torch.tensor(paired)
+    assert float(d.mean()) >= -3 * float(d.std()) / math.sqrt(sims), d.mean()
+    if n >= 400:
+        assert abs(bca_hits / sims - 0.95) < 3 * math.sqrt(0.95 * 0.05 / sims), bca_hits
+
+
+@pytest.mark.slow
+def test_hdr_coverage_of_the_true_density_over_50_seeds():
+    from scipy.stats import kstest
+
+    # fresh data from the true density for each seed: the KS p-values must be uniform, and
+    # about 95% of the (seed, level) cells within 2 standard errors of the diagonal
+    m = _mixture()
+    within = cells = 0
+    p = []
+    for seed in range(50):
+        data = m.sample(5000, seed=10_000 + seed)
+        r = analysis.hdr_coverage(m, data, num_samples=10_000, seed=seed)
+        for alpha, cov, se in zip(r.levels, r.coverage, r.stderr, strict=True):
+            within += abs(cov - alpha) <= 2 * se
+            cells += 1
+        p.append(r.p_value)
+    assert within / cells > 0.9, within / cells
+    assert kstest(p, "uniform").pvalue > 1e-3
+
+
+@pytest.mark.slow
+def test_goodness_of_fit_null_rejection_rate_over_200_seeds():
+    digits = ppgen.build("independent", ppgen.datasets.load("digits", "val"))
+    with torch.no_grad():
+        digits.logits.normal_(generator=torch.Generator().manual_seed(0))
+    for model in (digits, _mixture()):
+        p = [analysis.goodness_of_fit(model, num_samples=500, seed=s).p_value for s in range(200)]
+        rate = sum(v <= 0.05 for v in p) / len(p)
+        assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(p)), (type(model).__name__, rate)

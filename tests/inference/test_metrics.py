@@ -423,3 +423,55 @@ def test_metrics_refuse_bad_input():
         metrics.kid(x, x, subset_size=100)
     with pytest.raises(ValueError, match="at least"):
         metrics.c2st(x[:2], x)
+
+
+def test_metrics_table_reports_mode_coverage_for_known_mixtures(monkeypatch):
+    # ppgen.datasets.toy.mixture_modes(name) -> (centers, std) is the data branch's interface;
+    # stand it in here so the table's use of it is tested on this branch too
+    import ppgen.datasets.toy as toy
+
+    def mixture_modes(name):
+        if name != "8gaussians":
+            raise ValueError(f"{name} is not a mixture")
+        return EIGHT_CENTERS, EIGHT_STD
+
+    monkeypatch.setattr(toy, "mixture_modes", mixture_modes, raising=False)
+    test = ppgen.datasets.load("8gaussians", "test").subset(400)
+    m = ppgen.build("independent", test)
+    table = metrics.metrics_table(m, test, metrics="modes", num_permutations=0)
+    assert table["modes"]["num_modes"] == 8 and table["modes"]["high_quality_fraction"] < 0.2
+    assert "modes covered" in metrics.format_table(table)
+    moons = ppgen.datasets.load("moons", "test").subset(100)
+    all_metrics = metrics.metrics_table(m, moons, num_permutations=0, metrics="all")
+    assert "modes" not in all_metrics  # "all" leaves out what does not apply
+
+
+# ---- calibration sweeps (slow: run with -m slow) --------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", [metrics.mmd, metrics.energy_distance, metrics.kid])
+def test_permutation_p_values_over_500_null_repeats(metric):
+    from scipy.stats import kstest
+
+    # 500 repeats at n = 100 per side: KS uniformity at level 0.001 and the rejection rate at
+    # 0.05 within 3 binomial standard errors (false alarm ~0.4% per metric)
+    p = []
+    for seed in range(500):
+        g = torch.Generator().manual_seed(10_000 + seed)
+        x, y = torch.randn(100, 2, generator=g), torch.randn(100, 2, generator=g)
+        p.append(metric(x, y, num_permutations=199, seed=seed).p_value)
+    assert kstest(p, "uniform").pvalue > 1e-3
+    rate = sum(v <= 0.05 for v in p) / len(p)
+    assert abs(rate - 0.05) < 3 * math.sqrt(0.05 * 0.95 / len(p)), rate
+
+
+@pytest.mark.slow
+def test_c2st_mlp_p_value_is_valid_over_200_null_repeats():
+    p = []
+    for seed in range(200):
+        g = torch.Generator().manual_seed(20_000 + seed)
+        x, y = torch.randn(100, 2, generator=g), torch.randn(100, 2, generator=g)
+        p.append(metrics.c2st(x, y, seed=seed).p_value)
+    rate = sum(v <= 0.05 for v in p) / len(p)
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(p)), rate

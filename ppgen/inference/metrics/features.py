@@ -75,6 +75,11 @@ class DigitsClassifier(nn.Module):
     Shapes:
         ``features(x)``: ``(N, 1, 8, 8)``, ``(N, 8, 8)`` or ``(N, 64)`` -> ``(N, 64)``;
         ``forward(x)``: -> class logits ``(N, 10)``.
+
+    Example:
+        >>> import torch
+        >>> DigitsClassifier(levels=17).features(torch.zeros(5, 1, 8, 8)).shape
+        torch.Size([5, 64])
     """
 
     def __init__(self, levels: int) -> None:
@@ -146,6 +151,18 @@ def digits_classifier(binary: bool = False, *, rebuild: bool = False) -> DigitsC
     Returns:
         A :class:`DigitsClassifier` in eval mode with frozen weights, on the CPU. Its training
         and validation accuracy are in ``classifier.accuracy``.
+
+    Example:
+        >>> import os, tempfile, ppgen
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     os.environ["PPGEN_CACHE_DIR"] = cache
+        ...     net = digits_classifier()  # trained here (about a second), then cached
+        ...     cached = os.listdir(cache)
+        ...     del os.environ["PPGEN_CACHE_DIR"]
+        >>> cached, net.accuracy["val_accuracy"] > 0.95
+        (['digits-features-v1.pt'], True)
+        >>> net.features(ppgen.datasets.load("digits", "test").data).shape
+        torch.Size([297, 64])
     """
     from ppgen.checkpoint import FORMAT_VERSION, CheckpointError, read_checkpoint, write_checkpoint
 
@@ -212,6 +229,15 @@ def resolve_features(
             digits' integer levels 0..16, the digits classifier (its binary variant when ``y``
             holds only 0 and 1), else raw; None: ``default``.
         default: what None means for the calling metric.
+
+    Returns:
+        ``fx`` ``(N, F)``, ``fy`` ``(M, F)`` and the features' label.
+
+    Example:
+        >>> import torch
+        >>> fx, fy, label = resolve_features(torch.zeros(3, 2), torch.ones(4, 2), "auto")
+        >>> fx.shape, fy.dtype, label
+        (torch.Size([3, 2]), torch.float64, 'raw')
     """
     spec: Any = default if features is None else features
     if spec == "auto":
