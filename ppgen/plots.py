@@ -63,7 +63,7 @@ def sample_grid(
     x = x.detach().float().cpu()
     if x.dim() == 2 and x.shape[1] == 2:
         fig, ax = plt.subplots(figsize=(4, 4))
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2, alpha=0.5)
         ax.set_aspect("equal")
     else:
         if x.dim() == 2:  # vectors: show as square-ish images when possible
@@ -81,7 +81,9 @@ def sample_grid(
             if i < n:
                 img = x[i].permute(1, 2, 0)
                 img = img[..., 0] if img.shape[-1] == 1 else (img / max(vmax, 1e-8)).clamp(0, 1)
-                ax.imshow(img, cmap="gray_r", vmin=0, vmax=vmax if img.dim() == 2 else None)
+                ax.imshow(
+                    img.numpy(), cmap="gray_r", vmin=0, vmax=vmax if img.dim() == 2 else None
+                )
         fig.subplots_adjust(wspace=0.05, hspace=0.05)
     if title:
         fig.suptitle(title)

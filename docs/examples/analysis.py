@@ -17,8 +17,9 @@ import ppgen
 from ppgen import plots
 
 TINY = os.environ.get("PPGEN_TINY") == "1"  # CI runs every example with tiny settings
-STEPS = 30 if TINY else 1500
+STEPS = 10 if TINY else 1500
 N = 300 if TINY else 5000  # samples for calibration and sample quality
+GRID = 50 if TINY else 200  # heat-map resolution
 
 
 def gmm(x=None):
@@ -59,7 +60,9 @@ for name, r in hdr.items():
     print(f"{name}: max |coverage - alpha| = {r.max_deviation:.3f}, KS p = {r.p_value:.2g}")
 plots.hdr_calibration(hdr, "hdr_calibration.png")
 for name, m in (("independent", independent), ("mixture", mixture)):
-    plots.density_heatmap(m, test.data, f"density_{name}.png", true_log_prob=test.true_log_prob)
+    plots.density_heatmap(
+        m, test.data, f"density_{name}.png", true_log_prob=test.true_log_prob, size=GRID
+    )
 
 # 4. Does sample() agree with log_prob? (a check of the model's code, not of the fit)
 print(ppgen.analysis.goodness_of_fit(mixture, num_samples=N // 2))
