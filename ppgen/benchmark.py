@@ -103,13 +103,14 @@ class FamilyResult:
 def _latent_sites(model: AbstractGenerativeModel, x: Tensor) -> list[str]:
     """Names of the latent sample sites of ``model(x)`` (what a posterior could be over)."""
     from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
 
     with torch.no_grad():
         trace = poutine.trace(model.model).get_trace(x)
     return [
         name
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     ]
 
 
