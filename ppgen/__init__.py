@@ -22,12 +22,14 @@ __all__ = [
     "inference",
     "load",
     "models",
+    "posterior",
     "save",
 ]
 
 from ppgen import checkpoint, datasets, inference, models
 from ppgen.checkpoint import load, save
 from ppgen.inference.likelihood import evaluate
+from ppgen.inference.posterior import posterior
 from ppgen.inference.trainer import fit
 from ppgen.models import build
 from ppgen.models.custom import from_pyro
