@@ -307,11 +307,12 @@ class ELBO(AbstractObjective):
         model_fn, guide_fn = _scaled(model.model, beta), _scaled(model.guide, beta)
         if fn is not None:
             return fn(model_fn, guide_fn, x, context) / x.shape[0]
-        # TraceGraph_ELBO has no differentiable_loss: its surrogate carries the gradient
+        # TraceGraph_ELBO has no differentiable_loss: its surrogate carries the gradient (its
+        # ELBO value is still attached to the graph, so only its value is kept)
         elbo, surrogate = self._pyro_elbo._loss_and_surrogate_loss(
             model_fn, guide_fn, (x, context), {}
         )
-        return (-elbo + (surrogate - surrogate.detach())) / x.shape[0]
+        return (surrogate + (-elbo - surrogate).detach()) / x.shape[0]
 
     def _jit_loss(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
@@ -351,7 +352,22 @@ class ELBO(AbstractObjective):
                 # torch 2.x deprecates the torch.jit.trace that Pyro's JIT ELBOs are built on
                 warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
                                         DeprecationWarning)
-                loss = self._pyro_elbo.differentiable_loss(model_fn, guide_fn, *args)
+                if self.elbo == "JitTrace_ELBO":
+                    # Pyro 1.9's JitTrace_ELBO.differentiable_loss adds the surrogate's gradient
+                    # to a loss that is itself still attached (twice the gradient); keep only
+                    # the surrogate's gradient, as Trace_ELBO does
+                    value, surrogate = self._pyro_elbo.loss_and_surrogate_loss(
+                        model_fn, guide_fn, *args
+                    )
+                    loss = surrogate + (value - surrogate).detach()
+                else:
+                    jit = self._pyro_elbo
+                    if getattr(jit, "_differentiable_loss", None) is not None:
+                        # Pyro 1.9's JitTraceMeanField_ELBO tests a different attribute than
+                        # the one it caches its compiled loss in, and so recompiles at every
+                        # call; point the tested one at the cache
+                        jit._loss_and_surrogate_loss = jit._differentiable_loss
+                    loss = jit.differentiable_loss(model_fn, guide_fn, *args)
         return loss / x.shape[0]
 
     def _renyi(

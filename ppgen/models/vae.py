@@ -340,7 +340,9 @@ class VAE(AbstractGenerativeModel):
         classes = self.config.context_classes
         assert classes is not None
         if context is None or context.shape != (n,):
-            raise ValueError(f"context must hold {n} integer labels, shape ({n},)")
+            raise ValueError(
+                f"this VAE is conditional: pass context, {n} integer labels of shape ({n},)"
+            )
         if context.min() < 0 or context.max() >= classes:
             raise ValueError(f"context labels must lie in 0..{classes - 1}")
 
