@@ -161,7 +161,7 @@ def latent_grid(
     Images (``(C, H, W)`` events or square vectors) are drawn as an R x C grid; 2-D points as
     one path per row in the data plane; other vectors as one line plot per row.
     """
-    rows = rows.detach().float().cpu()
+    rows = rows.detach().float().cpu().numpy()
     r, c = rows.shape[:2]
     event = tuple(rows.shape[2:])
     if event == (2,):
@@ -193,11 +193,11 @@ def latent_grid(
                 ax = axes[i, j]
                 ax.set_xticks([])
                 ax.set_yticks([])
-                img = rows[i, j].permute(1, 2, 0)
+                img = rows[i, j].transpose(1, 2, 0)
                 if img.shape[-1] == 1:
                     ax.imshow(img[..., 0], cmap="gray_r", vmin=0, vmax=vmax)
                 else:
-                    ax.imshow((img / max(vmax, 1e-8)).clamp(0, 1))
+                    ax.imshow((img / max(vmax, 1e-8)).clip(0, 1))
                 if j == 0 and row_labels:
                     ax.set_ylabel(row_labels[i], fontsize=7)
         fig.subplots_adjust(wspace=0.05, hspace=0.05)
