@@ -81,6 +81,11 @@ class VAEConfig(ModelConfig):
     warmup: int = 0
     free_bits: float = 0.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden, int):  # ``--model.hidden=256`` on the command line
+            object.__setattr__(self, "hidden", (self.hidden,))
+        super().__post_init__()
+
 
 class DiscretizedLogisticMixture(dist.TorchDistribution):
     r"""A mixture of logistics discretized to ``levels`` integer levels, per dimension

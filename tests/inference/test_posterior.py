@@ -129,3 +129,19 @@ def test_posterior_refuses_bad_input():
     with pytest.raises(ValueError, match="does not sample"):
         ppgen.posterior(p.implicit(), p.sample(2, seed=0), method="guide",
                         observation_scale=0.5)
+
+
+def test_cli_fit_and_inspect(tmp_path, capsys):
+    """``ppgen fit vae ... --objective renyi`` then ``ppgen inspect RUN --data digits``."""
+    from ppgen.cli import main
+
+    run = tmp_path / "run"
+    assert main(["fit", "vae", "--data", "digits", "--steps", "10", "--batch-size", "50",
+                 "--out", str(run), "--no-progress", "--model.latent=2", "--model.hidden=16",
+                 "--objective", "renyi", "--objective.num_particles=2"]) == 0
+    assert "iwae-1000" in capsys.readouterr().out
+    assert main(["inspect", str(run), "--data", "digits", "--num-points", "2",
+                 "--method", "guide", "--out", str(tmp_path / "inspect")]) == 0
+    out = capsys.readouterr().out
+    assert "r_hat" in out and "amortization" in out
+    assert (tmp_path / "inspect" / "latent_scatter.png").exists()
