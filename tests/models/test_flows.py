@@ -76,6 +76,9 @@ def _vector_layers(d, c, seed):
         "maf": F.MaskedAffineAutoregressive(d, c, [8, 8]),
         "maf-reversed": F.MaskedAffineAutoregressive(d, c, [8, 6], order=torch.arange(d).flip(0)),
         "iaf": F.MaskedAffineAutoregressive(d, c, [8], order=torch.randperm(d), inverted=True),
+        "maf-blocks": F.MaskedAffineAutoregressive(d, c, [9, 7], order=torch.randperm(d),
+                                                   blocks=3),
+        "iaf-blocks": F.MaskedAffineAutoregressive(d, c, [8, 8], inverted=True, blocks=2),
         "actnorm": F.ActNorm((d,)),
         "batchnorm": F.BatchNorm((d,)).eval(),
         "diagonal": F.DiagonalScale(d),
@@ -93,7 +96,7 @@ def test_vector_layers_invert_and_ladj_matches_autograd(d, batch, seed, context)
     x = torch.randn(batch, d, generator=g, dtype=torch.float64)
     c = torch.randn(batch, context, generator=g, dtype=torch.float64) if context else None
     for name, layer in _vector_layers(d, context, seed).items():
-        uses_context = name in ("affine0", "affine1", "additive", "maf", "maf-reversed", "iaf")
+        uses_context = name.startswith(("affine", "additive", "maf", "iaf"))
         ctx = c if uses_context else None
         check_round_trip_and_jacobian(layer(ctx), x, f"{name}(d={d}, c={context})", layer=layer,
                                       context=ctx)

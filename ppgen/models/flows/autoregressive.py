@@ -37,9 +37,10 @@ __all__ = [
 
 import dataclasses
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppgen.models.flows.core import (
@@ -52,6 +53,53 @@ from ppgen.models.flows.core import (
 )
 from ppgen.models.flows.coupling import input_layers
 from ppgen.models.nets import MaskedMLP, autoregressive_degrees
+
+Spans = tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]
+
+
+def _cols(t: Tensor, a: int, b: int) -> Tensor:
+    """Columns ``a:b`` of ``t``; ``t`` itself for all of them (a bare alias upsets vmap)."""
+    return t if a == 0 and b == t.shape[-1] else t[..., a:b]
+
+
+class _StaircaseLinear(torch.autograd.Function):
+    """``h @ (weight * mask).T + bias`` for a block-triangular mask, block by block.
+
+    ``spans = (row_blocks, column_blocks)``: each row block ``(r0, r1, c0, c1)`` has a zero mask
+    outside columns ``[c0, c1)``; each column block ``(c0, c1, r0, r1)`` has a zero mask outside
+    rows ``[r0, r1)``. The forward product runs over row blocks into one buffer; the input
+    gradient over column blocks and the weight gradient over row blocks (out of place, so the
+    backward also works under ``vmap``, as ``jacobian(vectorize=True)`` needs).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, weight: Tensor, mask: Tensor, bias: Tensor,
+                spans: Spans) -> Tensor:
+        w = weight * mask
+        out = bias.expand(h.shape[0], w.shape[0]).clone()
+        for r0, r1, c0, c1 in spans[0]:
+            if c1 > c0:
+                out[:, r0:r1].addmm_(h[:, c0:c1], w[r0:r1, c0:c1].T)
+        ctx.save_for_backward(h, w, mask)
+        ctx.spans, ctx.bias_dim = spans, bias.dim()
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        h, w, mask = ctx.saved_tensors
+        rows, cols = ctx.spans
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.cat([_cols(g, r0, r1) @ w[r0:r1, c0:c1] for c0, c1, r0, r1 in cols],
+                               dim=-1)
+        if ctx.needs_input_grad[1]:
+            n_in = w.shape[1]
+            grad_w = torch.cat([
+                F.pad(_cols(g, r0, r1).transpose(-1, -2) @ _cols(h, c0, c1), (c0, n_in - c1))
+                for r0, r1, c0, c1 in rows], dim=-2) * mask
+        if ctx.needs_input_grad[3]:
+            grad_b = g.sum(-2) if ctx.bias_dim == 1 else g
+        return grad_h, grad_w, None, grad_b, None
 
 
 class _AutoregressiveAffine(FlowTransform):
@@ -76,12 +124,37 @@ class _AutoregressiveAffine(FlowTransform):
     def inv_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return self._parallel(z) if self.inverted else self._sequential(z)
 
+    def _first_bias(self, batch: torch.Size, n: int) -> Tensor:
+        """The first layer's bias plus its context term, ``(n, H1)`` (or ``(H1,)``)."""
+        net, d = self.layer.net, self.layer.features
+        first = net.layers[0]
+        if self.context is None:
+            return first.bias
+        c = broadcast_context(self.context, batch).reshape(n, -1)
+        return torch.addmm(first.bias, c, (first.weight * first.mask)[:, d:].T)
+
     # 1. one pass: w = v exp(a(v)) + b(v)
     def _parallel(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        layer = self.layer
-        c = None if self.context is None else broadcast_context(self.context, v.shape[:-1])
-        out = layer.net(v, c)  # (..., D, 2)
-        shift, a = out[..., 0], soft_clamp(out[..., 1], layer.soft_clamp)
+        layer, net = self.layer, self.layer.net
+        d = layer.features
+        h = v.reshape(-1, d)
+        if layer.blocks == 1:
+            c = None if self.context is None else broadcast_context(self.context, v.shape[:-1])
+            params = net(h, None if c is None else c.reshape(h.shape[0], -1))  # (N, D, 2)
+        else:
+            # hidden units sorted by degree make every masked weight a staircase: row block b
+            # multiplies only the column span its mask can see (about (B+1)/2B of the work)
+            first = self._first_bias(v.shape[:-1], h.shape[0])
+            relu = isinstance(net.activation, nn.ReLU)
+            for j, (lin, spans) in enumerate(zip([*net.layers, net.output], layer.spans,
+                                                 strict=True)):
+                bias = first if j == 0 else lin.bias
+                h = _StaircaseLinear.apply(h, lin.weight, lin.mask, bias, spans)
+                if j < len(net.layers):
+                    h = h.relu_() if relu else net.activation(h)
+            params = h.view(-1, d, 2)
+        params = params.reshape(*v.shape, 2)
+        shift, a = params[..., 0], soft_clamp(params[..., 1], layer.soft_clamp)
         return torch.addcmul(shift, v, a.exp()), a.sum(-1)
 
     # 2. D steps: v_k = (w_k - b_k(v_<k)) exp(-a_k(v_<k)), units computed once, in degree order
@@ -91,35 +164,24 @@ class _AutoregressiveAffine(FlowTransform):
         batch = w.shape[:-1]
         w_pos = w.reshape(-1, d)[:, layer.pos_to_input]  # (N, D), columns in autoregressive order
         n = w_pos.shape[0]
-        weights, biases = [], []
-        prev_perm: Tensor | None = None
-        for i, (lin, perm) in enumerate(zip(net.layers, layer.unit_perms, strict=True)):
-            wt = (lin.weight * lin.mask)[perm]
-            wt = wt[:, : d][:, layer.pos_to_input] if i == 0 else wt[:, prev_perm]
-            weights.append(wt)
-            biases.append(lin.bias[perm])
-            prev_perm = perm
-        first = net.layers[0]
-        pre1 = biases[0].expand(n, -1)
-        if self.context is not None:
-            c = broadcast_context(self.context, batch).reshape(n, -1)
-            w_ctx = (first.weight * first.mask)[layer.unit_perms[0], d:]
-            pre1 = torch.addmm(biases[0], c, w_ctx.T)
-        h_last = len(net.hidden)
+        # masked weights, inputs and outputs in autoregressive order (hidden units are sorted)
+        weights = [lin.weight * lin.mask for lin in net.layers]
+        weights[0] = weights[0][:, :d][:, layer.pos_to_input]
+        biases = [lin.bias for lin in net.layers]
+        pre1 = self._first_bias(batch, n).expand(n, -1)
         out_w = (net.output.weight * net.output.mask).view(d, 2, -1)[layer.pos_to_input]
-        out_w = out_w[:, :, layer.unit_perms[-1]]  # (D, 2, H_L), rows in autoregressive order
-        out_b = net.output.bias.view(d, 2)[layer.pos_to_input]  # (D, 2)
+        out_b = net.output.bias.view(d, 2)[layer.pos_to_input]
         act, bound, ends = net.activation, layer.soft_clamp, layer.degree_ends
 
         grad = torch.is_grad_enabled()
         # no grad: fill preallocated buffers in place; with grad: grow by concatenation
         v_pos = w_pos.new_empty(n, d) if not grad else w_pos[:, :0]
-        hs = [w_pos.new_empty(n, len(p)) if not grad else w_pos[:, :0] for p in layer.unit_perms]
+        hs = [w_pos.new_empty(n, h) if not grad else w_pos[:, :0] for h in net.hidden]
         log_scales = []
         for k in range(d):
             if k > 0:
-                for j in range(h_last):
-                    s, e = ends[j][k - 1], ends[j][k]
+                for j in range(len(net.hidden)):
+                    s, e = ends[j][k - 1], ends[j][k]  # the units of degree k
                     if e == s:
                         continue
                     src = v_pos[:, :k] if j == 0 else hs[j - 1][:, : ends[j - 1][k]]
@@ -154,6 +216,10 @@ class MaskedAffineAutoregressive(LazyTransform):
     (sequential), the inverse :math:`x = A(z)` one pass. See the module docstring for the
     work-reusing sequential direction.
 
+    The MADE (:class:`~ppgen.models.nets.MaskedMLP` with ``sorted_degrees=True``) has its hidden
+    units in ascending degree, so each masked weight is block-triangular; the one-pass direction
+    multiplies only the blocks its masks can see.
+
     Arguments:
         features: D.
         context: width of the context features, fed to every first-layer unit.
@@ -161,6 +227,10 @@ class MaskedAffineAutoregressive(LazyTransform):
         order: the autoregressive position of each feature (default: ``0..D-1``).
         inverted: IAF orientation.
         soft_clamp: the bound of the log-scale :math:`a`.
+        blocks: row blocks of the one-pass evaluation (1: a plain masked MLP pass; ``B`` blocks
+            skip the masked-out part of each weight, about ``(B - 1) / 2B`` of the arithmetic
+            for the identity or reversed order, at the price of ``B`` smaller products).
+            Default: 4 when ``features >= 16``, else 1.
 
     References:
         Papamakarios, Pavlakou, Murray. Masked Autoregressive Flow for Density Estimation,
@@ -187,39 +257,56 @@ class MaskedAffineAutoregressive(LazyTransform):
         order: Tensor | None = None,
         inverted: bool = False,
         soft_clamp: float = 3.0,
+        blocks: int | None = None,
     ) -> None:
         super().__init__()
         order = torch.arange(features) if order is None else torch.as_tensor(order).long()
         if not torch.equal(order.sort().values, torch.arange(features)):
             raise ValueError("order must be a permutation of range(features)")
         self.features, self.inverted, self.soft_clamp = features, inverted, float(soft_clamp)
-        self.net = MaskedMLP(features, 2, hidden, context, order=order)
+        self.net = MaskedMLP(features, 2, hidden, context, order=order, sorted_degrees=True)
         nn.init.zeros_(self.net.output.weight)
         nn.init.zeros_(self.net.output.bias)
-        # MaskedMLP's deterministic degrees; units sorted by degree, and how many have degree <= k
-        degrees = autoregressive_degrees(order, tuple(hidden))
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("pos_to_input", order.argsort(), persistent=False)
-        self.degree_ends: list[list[int]] = []
-        for j, deg in enumerate(degrees[1:]):
-            perm = deg.argsort(stable=True)
-            self.register_buffer(f"unit_perm{j}", perm, persistent=False)
-            sorted_deg = deg[perm]
-            self.degree_ends.append(
-                [int((sorted_deg <= k).sum()) for k in range(features + 1)]
-            )
+        # how many units of each hidden layer have degree <= k (units are sorted by degree)
+        degrees = autoregressive_degrees(order, tuple(hidden), sort=True)
+        self.degree_ends = [[int((deg <= k).sum()) for k in range(features + 1)]
+                            for deg in degrees[1:]]
+        for lin, d_out, d_in in zip(self.net.layers, degrees[1:], degrees[:-1], strict=True):
+            expected = (d_out[:, None] >= d_in[None, :]).to(lin.mask.dtype)
+            assert torch.equal(lin.mask[:, : len(d_in)], expected), "MaskedMLP degrees changed"
+        # one pass in row blocks: (row start, row end, column start, column end) per block
+        self.blocks = int(blocks) if blocks is not None else (4 if features >= 16 else 1)
+        masks = [lin.mask[:, :features] if i == 0 else lin.mask
+                 for i, lin in enumerate([*self.net.layers, self.net.output])]
+        self.spans = [self._spans(m, self.blocks) for m in masks]
 
-    @property
-    def unit_perms(self) -> list[Tensor]:
-        """Per hidden layer, the unit indices sorted by MADE degree."""
-        return [getattr(self, f"unit_perm{j}") for j in range(len(self.net.hidden))]
+    @staticmethod
+    def _spans(mask: Tensor, blocks: int) -> Spans:
+        """Rows cut into ``blocks`` equal runs, each with the column span its mask touches; and
+        the column blocks those spans delimit, each with the row span touching it."""
+        n_rows, n_cols = mask.shape
+        cuts = sorted({round(i * n_rows / blocks) for i in range(blocks + 1)})
+        rows = []
+        for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+            nz = mask[r0:r1].sum(0).nonzero()
+            c0, c1 = (int(nz.min()), int(nz.max()) + 1) if len(nz) else (0, 0)
+            rows.append((r0, r1, c0, c1))
+        edges = sorted({0, n_cols, *(c for r in rows for c in r[2:])})
+        cols = []
+        for c0, c1 in zip(edges[:-1], edges[1:], strict=True):
+            nz = mask[:, c0:c1].sum(1).nonzero()
+            r0, r1 = (int(nz.min()), int(nz.max()) + 1) if len(nz) else (0, 0)
+            cols.append((c0, c1, r0, r1))
+        return rows, cols
 
     def forward(self, context: Tensor | None = None) -> FlowTransform:
         return _AutoregressiveAffine(self, context, self.inverted)
 
     def extra_repr(self) -> str:
         kind = "IAF" if self.inverted else "MAF"
-        return f"{kind}, features={self.features}"
+        return f"{kind}, features={self.features}, blocks={self.blocks}"
 
 
 # ---- the families -------------------------------------------------------------------------------

@@ -553,6 +553,11 @@ class FlowConfig(ModelConfig):
         super().__post_init__()
         if int(self.transforms) < 1:
             raise ValueError(f"transforms must be >= 1, got {self.transforms}")
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise ValueError(
+                f"hidden must be a non-empty list of widths, e.g. [64, 64] (on the command "
+                f"line --model.hidden=64,64 or --model.hidden=64,), got {self.hidden!r}"
+            )
         if any(int(h) < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be positive, got {self.hidden}")
         if not 0.0 < self.logit_alpha < 0.5:

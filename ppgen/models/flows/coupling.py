@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -54,7 +55,7 @@ from ppgen.models.flows.layers import (
 from ppgen.models.nets import MLP
 
 Layout = Literal["auto", "vector", "image"]
-Norm = Literal["actnorm", "batchnorm", "none"]
+Norm = Literal["auto", "actnorm", "batchnorm", "none"]
 
 
 # ---- vector coupling --------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class AffineCoupling(LazyTransform):
         self.additive, self.soft_clamp = additive, float(soft_clamp)
         n_cond = self.split if self.parity == 0 else features - self.split
         n_trans = features - n_cond
-        self.net = MLP(n_cond + context, n_trans * (1 if additive else 2), hidden, activation)
+        act = functools.partial(nn.ReLU, inplace=True) if activation is nn.ReLU else activation
+        self.net = MLP(n_cond + context, n_trans * (1 if additive else 2), hidden, act)  # type: ignore[arg-type]
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -187,7 +189,7 @@ class _ConvNet(nn.Sequential):
         width = c_in
         for i, h in enumerate(hidden):
             k = 3 if i == 0 else 1
-            layers += [nn.Conv2d(width, h, k, padding=k // 2), nn.ReLU()]
+            layers += [nn.Conv2d(width, h, k, padding=k // 2), nn.ReLU(inplace=True)]
             width = h
         last = nn.Conv2d(width, c_out, 3, padding=1)
         nn.init.zeros_(last.weight)
@@ -385,7 +387,7 @@ def norm_layer(norm: str, shape: Sequence[int]) -> list[LazyTransform]:
         return [BatchNorm(shape)]
     if norm == "none":
         return []
-    raise ValueError(f"norm must be actnorm, batchnorm or none, got {norm!r}")
+    raise ValueError(f"norm must be auto, actnorm, batchnorm or none, got {norm!r}")
 
 
 # ---- NICE ---------------------------------------------------------------------------------------
@@ -442,13 +444,15 @@ class RealNVPConfig(FlowConfig):
             ``"vector"`` (MLP couplings on the flattened data) or ``"auto"`` (image for
             ``(C, H, W)`` data, else vector).
         scales: multi-scale levels for the image layout.
-        norm: normalization after each coupling: ``"actnorm"``, ``"batchnorm"`` or ``"none"``.
+        norm: normalization after each coupling: ``"actnorm"``, ``"batchnorm"``, ``"none"``, or
+            ``"auto"``: actnorm in the image layout (deep multi-scale stacks need it), none in
+            the vector layout (as in zuko/nflows, whose shallow MLP stacks train without).
         soft_clamp: bound of the coupling log-scales.
     """
 
     layout: Layout = "auto"
     scales: int = 2
-    norm: Norm = "actnorm"
+    norm: Norm = "auto"
     soft_clamp: float = 3.0
 
 
@@ -480,12 +484,13 @@ class RealNVP(AbstractFlow):
         layout = resolve_layout(cfg.event_shape, cfg.layout, cfg.scales)
         layers = input_layers(cfg.event_shape, layout, cfg.standardize)
         if layout == "vector":
+            norm = "none" if cfg.norm == "auto" else cfg.norm
             if d > 2:
                 layers.append(even_odd(d))
             for i in range(cfg.transforms):
                 layers.append(AffineCoupling(d, 0, cfg.hidden, i % 2, soft_clamp=cfg.soft_clamp))
                 if i < cfg.transforms - 1:
-                    layers += norm_layer(cfg.norm, (d,))
+                    layers += norm_layer(norm, (d,))
             return layers, (d,)
         counts = steps_per_scale(cfg.transforms, cfg.scales)
         return layers + self._scale(tuple(cfg.event_shape), counts), (d,)
@@ -495,9 +500,11 @@ class RealNVP(AbstractFlow):
         c, h, w = shape
         n = counts[0]
 
+        norm = "actnorm" if cfg.norm == "auto" else cfg.norm
+
         def coupling(s: tuple[int, ...], mask: str, i: int) -> list[LazyTransform]:
             return [ConvAffineCoupling(s, cfg.hidden, mask, i % 2,  # type: ignore[arg-type]
-                                       soft_clamp=cfg.soft_clamp), *norm_layer(cfg.norm, s)]
+                                       soft_clamp=cfg.soft_clamp), *norm_layer(norm, s)]
 
         if len(counts) == 1:
             layers = [x for i in range(n) for x in coupling(shape, "checkerboard", i)]
