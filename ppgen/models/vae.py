@@ -174,6 +174,41 @@ class _LevelCategorical(dist.Categorical):
         return (self.probs * levels).sum(-1)
 
 
+class _OwnDraws(dist.TorchDistribution):
+    """An IAF posterior as a Pyro distribution that scores its own draws in the sampling pass.
+
+    ``rsample`` runs the one-pass (base-to-latent) direction and keeps ``(z, log q(z))``;
+    ``log_prob`` of that very tensor returns the kept value, and of any other value (a replayed
+    or conditioned site: AIS, NUTS diagnostics) the exact, sequential density. So Pyro's ELBOs
+    pay one pass, and every other tool still gets the true log q(z | x).
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    has_rsample = True
+
+    def __init__(self, flow: Any) -> None:
+        self.flow = flow
+        self._draw: tuple[Tensor, Tensor] | None = None
+        super().__init__(flow.batch_shape, flow.event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, 1)
+
+    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> _OwnDraws:
+        return _OwnDraws(self.flow.expand(torch.Size(batch_shape)))
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        z, log_q = self.flow.rsample_and_log_prob(sample_shape)
+        self._draw = (z, log_q)
+        return z
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._draw is not None and value is self._draw[0]:
+            return self._draw[1]
+        return self.flow.log_prob(value)
+
+
 class _ConvEncoder(nn.Module):
     """Stride-2 4x4 convolutions (one per width), then a linear layer to ``out`` features."""
 
@@ -256,14 +291,14 @@ class VAE(AbstractGenerativeModel):
             raise ValueError(f"latent must be positive, got {cfg.latent}")
         if cfg.beta < 0 or cfg.warmup < 0 or cfg.free_bits < 0:
             raise ValueError("beta, warmup and free_bits must be non-negative")
-        if cfg.posterior == "iaf" or cfg.prior == "flow":
+        if cfg.posterior not in ("gaussian", "iaf") or cfg.prior not in ("normal", "mixture",
+                                                                         "flow"):
             raise ValueError(
-                "posterior='iaf' and prior='flow' need the flow layers of ppgen.models.flows, "
-                "which this build does not have yet; use posterior='gaussian' and prior='normal'"
-                " or 'mixture'"
+                f"unknown posterior {cfg.posterior!r} or prior {cfg.prior!r}; posterior is "
+                "gaussian or iaf, prior is normal, mixture or flow"
             )
-        if cfg.posterior != "gaussian" or cfg.prior not in ("normal", "mixture"):
-            raise ValueError(f"unknown posterior {cfg.posterior!r} or prior {cfg.prior!r}")
+        if (cfg.posterior == "iaf" or cfg.prior == "flow") and cfg.transforms < 1:
+            raise ValueError(f"a flow needs transforms >= 1, got {cfg.transforms}")
         d, latent = cfg.num_dims, cfg.latent
         classes = cfg.context_classes or 0
         self.params_per_dim = {
@@ -271,6 +306,8 @@ class VAE(AbstractGenerativeModel):
             "logistic_mixture": 3 * cfg.logistic_components,
         }.get(self.decoder_kind, _PARAMS.get(self.decoder_kind, 0))
         p = self.params_per_dim
+        # an IAF posterior reads a context h(x) from the encoder besides the base Gaussian
+        features = (cfg.hidden[-1] if cfg.hidden else 2 * latent) if cfg.posterior == "iaf" else 0
         if cfg.net == "conv":
             if len(cfg.event_shape) != 3 or not cfg.hidden:
                 raise ValueError("net='conv' needs image-shaped data (C, H, W) and hidden widths")
@@ -280,10 +317,11 @@ class VAE(AbstractGenerativeModel):
                     f"net='conv' with {len(cfg.hidden)} stride-2 layers needs H and W divisible "
                     f"by {1 << len(cfg.hidden)}, got {h}x{w}; use fewer hidden widths"
                 )
-            self.encoder = _ConvEncoder(cfg.event_shape, cfg.hidden, classes, 2 * latent)
+            self.encoder = _ConvEncoder(cfg.event_shape, cfg.hidden, classes,
+                                        2 * latent + features)
             self.decoder = _ConvDecoder(cfg.event_shape, cfg.hidden, latent + classes, p)
         elif cfg.net == "mlp":
-            self.encoder = MLP(d + classes, 2 * latent, cfg.hidden)
+            self.encoder = MLP(d + classes, 2 * latent + features, cfg.hidden)
             self.decoder = MLP(latent + classes, d * p, tuple(reversed(cfg.hidden)))
         else:
             raise ValueError(f"net must be 'mlp' or 'conv', got {cfg.net!r}")
@@ -294,6 +332,22 @@ class VAE(AbstractGenerativeModel):
             self.prior_logits = nn.Parameter(torch.zeros(cfg.components))
             self.prior_loc = nn.Parameter(torch.randn(cfg.components, latent, generator=g))
             self.prior_log_scale = nn.Parameter(torch.zeros(cfg.components, latent))
+        if cfg.posterior == "iaf" or cfg.prior == "flow":
+            from ppgen.models.flows import Flow, MaskedAffineAutoregressive
+
+            orders = [torch.arange(latent) if i % 2 == 0 else torch.arange(latent).flip(0)
+                      for i in range(cfg.transforms)]
+            made = tuple(cfg.hidden) or (4 * latent,)
+            if cfg.posterior == "iaf":  # sampling in one pass; scoring other points sequential
+                self.posterior_flow = Flow(
+                    [MaskedAffineAutoregressive(latent, features, made, o, inverted=True)
+                     for o in orders],
+                    (latent,), allow_sequential=True,
+                )
+            if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
+                self.prior_flow = Flow(
+                    [MaskedAffineAutoregressive(latent, 0, made, o) for o in orders], (latent,)
+                )
         # constants as buffers, so .to(device/dtype) moves them: the input standardization
         # (set from data by initialize() for continuous data) and the prior's zero mean
         self.register_buffer("x_shift", torch.zeros(cfg.event_shape))
@@ -352,16 +406,31 @@ class VAE(AbstractGenerativeModel):
             raise ValueError(f"context labels must lie in 0..{classes - 1}")
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The guide's mean and standard deviation, each ``(N, latent)``."""
+        """The mean and standard deviation of the guide's Gaussian (the base of an IAF
+        posterior), each ``(N, latent)``."""
+        loc, scale, _ = self._encode(x, context)
+        return loc, scale
+
+    def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         inp = (x - self.x_shift) / self.x_scale
         c = self._one_hot(context)
         if self.config.net == "conv":
-            h = self.encoder(inp, c)
+            out = self.encoder(inp, c)
         else:
             flat = inp.flatten(-len(self.event_shape))
-            h = self.encoder(flat if c is None else torch.cat([flat, c], -1))
-        loc, raw = h.chunk(2, -1)
-        return loc, F.softplus(raw) + 1e-4
+            out = self.encoder(flat if c is None else torch.cat([flat, c], -1))
+        latent = self.config.latent
+        loc, raw, h = out[..., :latent], out[..., latent : 2 * latent], out[..., 2 * latent :]
+        return loc, F.softplus(raw) + 1e-4, (h if h.shape[-1] else None)
+
+    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+        """q(z | x), batch shape ``(N,)``, event shape ``(latent,)``: the diagonal Gaussian, or
+        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x)."""
+        loc, scale, h = self._encode(x, context)
+        base = dist.Normal(loc, scale, validate_args=False).to_event(1)
+        if self.config.posterior == "gaussian":
+            return base
+        return _OwnDraws(self.posterior_flow(h, base=base))
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
         """p(x | z) with event shape ``event_shape``; ``z`` may carry leading particle dims,
@@ -396,6 +465,8 @@ class VAE(AbstractGenerativeModel):
 
     def prior(self) -> dist.TorchDistribution:
         """p(z), event shape ``(latent,)``."""
+        if self.config.prior == "flow":
+            return self.prior_flow()
         if self.config.prior == "mixture":
             comp = dist.Normal(self.prior_loc, self.prior_log_scale.exp()).to_event(1)
             return dist.MixtureSameFamily(dist.Categorical(logits=self.prior_logits), comp)
@@ -415,19 +486,25 @@ class VAE(AbstractGenerativeModel):
         if x is None:
             raise ValueError("the guide q(z | x) needs data x")
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encode(x, context)
-            return pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+            return pyro.sample("z", self.posterior(x, context))
 
     # ---- the bound, trace-free ------------------------------------------------------------
 
     def elbo_parts(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One-sample E_q[log p(x | z)] ``(N,)`` and the KL per latent dimension ``(N, latent)``
-        in closed form for the N(0, I) prior; a one-sample ``log q(z) - log p(z)`` ``(N, 1)``
-        for the mixture prior. The same random variables as the Pyro programs, without traces."""
+        in closed form for a Gaussian posterior and the N(0, I) prior; otherwise (mixture or
+        flow prior, IAF posterior) a one-sample ``log q(z) - log p(z)`` ``(N, 1)``. The same
+        random variables as the Pyro programs, without traces."""
+        cfg = self.config
+        if cfg.posterior == "iaf":
+            q = self.posterior(x, context)
+            z, log_q = q.flow.rsample_and_log_prob()  # one IAF pass, density of its own draw
+            kl = (log_q - self.prior().log_prob(z)).unsqueeze(-1)
+            return self.decode(z, context).log_prob(x), kl
         loc, scale = self.encode(x, context)
         z = loc + scale * torch.randn_like(loc)  # reparameterized draw of q(z | x)
         log_lik = self.decode(z, context).log_prob(x)
-        if self.config.prior == "normal":
+        if cfg.prior == "normal":
             kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1) - torch.log(scale)  # KL(N(m,s)||N(0,1))
         else:
             q = dist.Normal(loc, scale, validate_args=False).to_event(1)
@@ -461,6 +538,8 @@ class VAE(AbstractGenerativeModel):
             k = torch.multinomial(probs, n, replacement=True, generator=generator)
             eps = torch.randn(n, latent, **opts)
             z = self.prior_loc[k] + self.prior_log_scale[k].exp() * eps
+        elif self.config.prior == "flow":
+            z = self.prior_flow().transform.inverse(torch.randn(n, latent, **opts))
         else:
             z = torch.randn(n, latent, **opts)
         return self._draw(self.decode(z, context), generator)
