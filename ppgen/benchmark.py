@@ -38,9 +38,18 @@ from ppgen.models.base import AbstractGenerativeModel
 # family -> {"build": hyperparameters, "fit": trainer arguments, "evaluate": estimator options}
 _QUICK: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 300, "batch_size": 256, "lr": 0.05}},
+    "vae": {
+        "build": {"latent": 16, "hidden": [256, 256]},
+        "fit": {"steps": 1600, "batch_size": 100, "lr": 1e-3},
+        "evaluate": {"num_particles": 100},
+    },
 }
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
+    "vae": {
+        "build": {"latent": 16, "hidden": [256, 256]},
+        "fit": {"steps": 3000, "batch_size": 100, "lr": 1e-3},
+    },
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
