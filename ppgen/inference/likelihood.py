@@ -894,6 +894,14 @@ def estimate_ais(
 
     Returns:
         ``(Tensor[N] in nats, "estimate")``.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("moons", "val").subset(4)
+        >>> m = ppgen.build("vae", ds, latent=2, hidden=[8])
+        >>> ev = ppgen.evaluate(m, ds, "ais", num_particles=2, num_steps=5)
+        >>> ev.kind, ev.estimator
+        ('estimate', 'ais-2')
     """
     if num_particles < 1 or leapfrog_steps < 1:
         raise ValueError("num_particles and leapfrog_steps must be positive")
@@ -965,6 +973,14 @@ def bdmc(
 
     Returns:
         A :class:`Sandwich`.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("moons", "val")
+        >>> m = ppgen.build("vae", ds, latent=2, hidden=[8])
+        >>> s = bdmc(m, num_examples=3, num_particles=2, num_steps=5)
+        >>> s.lower.shape, s.upper.shape
+        (torch.Size([3]), torch.Size([3]))
     """
     betas = annealing_schedule(num_steps, schedule)
     scale = _observation_scale(model, observation_scale)
@@ -1022,6 +1038,18 @@ def select_observation_scale(
 
     Returns:
         The best scale, a float.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch, ppgen
+        >>> def generator(x=None):  # x = 2 z: a deterministic (implicit) model
+        ...     with pyro.plate("data", 1 if x is None else len(x)):
+        ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...         return pyro.sample("x", dist.Delta(2 * z, event_dim=1), obs=x)
+        >>> g = ppgen.from_pyro(generator, event_shape=(2,), likelihood="none")
+        >>> x = 2 * torch.randn(8, 2) + 0.3 * torch.randn(8, 2)
+        >>> s = select_observation_scale(g, x, [0.03, 0.3, 3.0], num_particles=2, num_steps=10)
+        >>> s in (0.03, 0.3, 3.0)
+        True
     """
     if isinstance(data, Dataset):
         x = data.data

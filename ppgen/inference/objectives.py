@@ -218,6 +218,19 @@ class ELBO(AbstractObjective):
         beta: the KL weight.
         warmup: warm-up steps (0: none).
         free_bits: the free-bits floor in nats per KL group (``elbo="model"`` only).
+
+    References:
+        Kingma & Welling, arXiv:1312.6114; Higgins et al., beta-VAE (ICLR 2017); Sonderby et
+        al., arXiv:1602.02282 (warm-up); Kingma et al., arXiv:1606.04934 (free bits); Li &
+        Turner, arXiv:1602.02311; Burda et al., arXiv:1509.00519.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("digits", "val")
+        >>> m = ppgen.build("vae", ds, latent=2, hidden=[8])
+        >>> obj = ppgen.inference.make_objective("elbo", m, elbo="Trace_ELBO", beta=0.5)
+        >>> obj.loss(m, ds.data[:10], None, "model", step=0).shape
+        torch.Size([])
     """
 
     name = "elbo"

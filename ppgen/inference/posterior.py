@@ -443,6 +443,14 @@ def amortization_gap(
 
     Returns:
         An :class:`AmortizationGap`.
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("moons", "val").subset(2)
+        >>> m = ppgen.build("vae", ds, latent=2, hidden=[8])
+        >>> gap = amortization_gap(m, ds, num_particles=50, steps=10)
+        >>> gap.approximation.shape, gap.amortization.shape
+        (torch.Size([2]), torch.Size([2]))
     """
     if model.likelihood != "bound":
         raise ValueError(
