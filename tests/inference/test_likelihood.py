@@ -135,7 +135,7 @@ def test_ais_on_an_implicit_model_uses_the_observation_scale():
     x = p.sample(30, seed=3)
     with pytest.raises(ValueError, match="observation_scale"):
         estimate_ais(g, x, num_particles=2, num_steps=2)
-    lp, kind = estimate_ais(g, x, num_particles=8, num_steps=150, observation_scale=p.sigma)
+    lp, kind = estimate_ais(g, x, num_particles=8, num_steps=100, observation_scale=p.sigma)
     err = lp - p.exact_log_prob(x)
     assert kind == "estimate"
     assert abs(float(err.mean())) < 0.1, float(err.mean())
@@ -148,7 +148,7 @@ def test_select_observation_scale_finds_the_true_noise():
     g = p.implicit()
     x = p.sample(40, seed=4)
     grid = [p.sigma / 4, p.sigma, p.sigma * 4]
-    best = select_observation_scale(g, x, grid, num_examples=40, num_particles=4, num_steps=40)
+    best = select_observation_scale(g, x, grid, num_examples=40, num_particles=4, num_steps=25)
     assert best == p.sigma
 
 
@@ -158,15 +158,16 @@ def test_bdmc_sandwiches_the_exact_value():
     p = PPCA.random(4, 2, 0.5, seed=7, guide_scale=1.3)
     m = p.bound()
     gaps = []
-    for steps in (10, 60):
-        s = bdmc(m, num_examples=100, num_particles=1, num_steps=steps, seed=0)
+    for steps in (3, 50):
+        s = bdmc(m, num_examples=80, num_particles=1, num_steps=steps, seed=0)
         exact = p.exact_log_prob(s.x)
         lo_mean, lo_se = _mean_se(exact - s.lower)
         up_mean, up_se = _mean_se(s.upper - exact)
         assert lo_mean > -4 * lo_se and up_mean > -4 * up_se, (steps, lo_mean, up_mean)
         gaps.append(s.upper - s.lower)
+    # one-sided, 3 standard errors: false-alarm rate about 1e-3 if the gaps were equal
     mean, se = _mean_se(gaps[0] - gaps[1])
-    assert mean > 4 * se, (mean, se)
+    assert mean > 3 * se, (mean, se, float(gaps[0].mean()), float(gaps[1].mean()))
     assert float(gaps[1].mean()) < 0.2
     assert "gap" in str(s)
 

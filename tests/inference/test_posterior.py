@@ -55,8 +55,8 @@ def test_nuts_recovers_the_analytic_posterior(implicit):
     x = p.sample(2, seed=3)
     m = p.implicit() if implicit else p.bound()
     scale = p.sigma if implicit else None
-    idata = ppgen.posterior(m, x, method="nuts", num_samples=150, num_chains=2, seed=0,
-                            warmup_steps=100, observation_scale=scale)
+    idata = ppgen.posterior(m, x, method="nuts", num_samples=120, num_chains=2, seed=0,
+                            warmup_steps=80, observation_scale=scale)
     az = _arviz()
     summary = az.summary(idata, var_names=["z"])
     assert {"ess_bulk", "ess_tail", "r_hat", "mcse_mean"} <= set(summary.columns)
