@@ -413,8 +413,17 @@ class ELBO(AbstractObjective):
     def validation_loss(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
     ) -> Tensor:
-        """The plain negative ELBO (beta = 1, no free bits), nats per example."""
-        return -model.elbo(x, context).mean()
+        """The plain negative ELBO (beta = 1, no free bits), nats per example.
+
+        Drawn with its own fixed random numbers (common to every validation), so it neither
+        consumes the training RNG (a validation at the last step of a partial run would
+        otherwise change the resumed run) nor adds draw-to-draw noise to the choice of the best
+        checkpoint.
+        """
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            return -model.elbo(x, context).mean()
 
 
 class Renyi(ELBO):

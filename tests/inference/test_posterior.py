@@ -7,7 +7,6 @@ bound of 5 MCSE has a false-alarm rate below 1e-6 per coordinate (normal approxi
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -74,9 +73,10 @@ def test_nuts_recovers_the_analytic_posterior(implicit):
 
 
 def test_amortization_gap_matches_its_closed_form():
-    """For pPCA with a diagonal Gaussian guide: q* is the mean-field optimum N(mu, diag(1/Lambda_ii))
-    (Lambda the posterior precision), so approximation gap = (sum log Lambda_ii - log det
-    Lambda) / 2 for every example, and amortization gap = ELBO[q*] - ELBO[q] in closed form."""
+    """For pPCA with a diagonal Gaussian guide: q* is the mean-field optimum
+    N(mu, diag(1/Lambda_ii)) (Lambda the posterior precision), so approximation gap =
+    (sum log Lambda_ii - log det Lambda) / 2 for every example, and amortization gap =
+    ELBO[q*] - ELBO[q] in closed form."""
     p = PPCA.random(3, 2, 0.5, seed=5, guide_scale=1.4, guide_shift=0.4)
     m, x = p.bound(), p.sample(4, seed=1)
     gap = amortization_gap(m, x, num_particles=2000, steps=300, seed=0)
