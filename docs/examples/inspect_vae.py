@@ -24,22 +24,23 @@ ppgen.fit(m, train, steps=20 if TINY else 3000, batch_size=100, lr=1e-3, val=val
 print(ppgen.evaluate(m, test, num_particles=50 if TINY else 1000))
 
 # 2. the posterior of three test digits, from the encoder and from NUTS
-points = test.subset(3)
-draws = 20 if TINY else 500
+points = test.subset(2 if TINY else 3)
+draws = 10 if TINY else 500
 q = ppgen.posterior(m, points, method="guide", num_samples=draws, seed=0)
 p = ppgen.posterior(m, points, method="nuts", num_samples=draws, num_chains=2, seed=0,
-                    warmup_steps=20 if TINY else 500)
+                    warmup_steps=10 if TINY else 500)
 print(az.summary(p, var_names=["z"]))  # mean, sd, HDI, MCSE, ess_bulk, ess_tail, r_hat
 print("guide means:", q.posterior["z"].mean(("chain", "draw")).values.round(2).tolist())
 print("NUTS means: ", p.posterior["z"].mean(("chain", "draw")).values.round(2).tolist())
 
 # 3. where the ELBO loses: approximation vs amortization gap, per example
 gap = amortization_gap(m, points, num_particles=100 if TINY else 2000,
-                       steps=20 if TINY else 500)
+                       steps=10 if TINY else 500)
 print(gap.table())
 print(gap)
 
 # 4. everything `ppgen inspect` does, with its figures in ./inspect-vae
 report = inspect(m, test, out="inspect-vae", num_points=2 if TINY else 4,
-                 method="guide" if TINY else "nuts", num_samples=draws, verbose=False)
+                 method="guide" if TINY else "nuts", num_samples=draws,
+                 gap_steps=10 if TINY else 300, verbose=False)
 print("figures:", ", ".join(str(f) for f in report.files))

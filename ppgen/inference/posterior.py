@@ -570,6 +570,7 @@ def inspect(
     num_samples: int = 300,
     num_chains: int = 2,
     observation_scale: float | None = None,
+    gap_steps: int = 300,
     verbose: bool = True,
 ) -> InspectReport:
     """Look inside a latent-variable model: what ``ppgen inspect RUN --data NAME`` does.
@@ -591,6 +592,7 @@ def inspect(
         num_samples: posterior draws per chain.
         num_chains: chains.
         observation_scale: for implicit models (see :func:`posterior`).
+        gap_steps: Adam steps fitting the per-example q* of :func:`amortization_gap`.
         verbose: print the summary and gaps.
 
     Returns:
@@ -630,7 +632,7 @@ def inspect(
     plots.posterior_pair(flat, dim_names, path=files[-1],
                          title=f"p(z | x) of example {int(idx[0])}")
     # 2. the amortization gap per example
-    gap = amortization_gap(model, x, c, seed=seed) if has_guide else None
+    gap = amortization_gap(model, x, c, seed=seed, steps=gap_steps) if has_guide else None
     # 3. codes of the whole split: one guide draw mean per example (guide) for the scatter
     latent_dims = {nm: math.prod(idata.posterior[nm].values.shape[3:]) for nm in names}
     if has_guide and len(names) == 1 and latent_dims[names[0]] == 2:

@@ -104,7 +104,7 @@ def test_inspect_writes_its_report(method, tmp_path, capsys):
     m = ppgen.build("vae", ds, latent=2, hidden=[16])
     ppgen.fit(m, ds, steps=5, batch_size=30, progress=False)
     report = inspect(m, ds, out=tmp_path, num_points=2, seed=0, method=method,
-                     num_samples=30, num_chains=2)
+                     num_samples=30, num_chains=2, gap_steps=30)
     printed = capsys.readouterr().out
     assert "r_hat" in printed and "ess_bulk" in printed and "amortization" in printed
     names = {f.name for f in report.files}
