@@ -54,6 +54,11 @@ _QUICK: dict[str, dict[str, Any]] = {
         "fit": {"steps": 1500, "batch_size": 128},
         "evaluate": {"method": "exact"},
     },
+    "vae": {
+        "build": {"latent": 16, "hidden": [256, 256]},
+        "fit": {"steps": 1600, "batch_size": 100, "lr": 1e-3},
+        "evaluate": {"num_particles": 100},
+    },
 }
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
@@ -70,6 +75,10 @@ _FULL: dict[str, dict[str, Any]] = {
         },
         "fit": {"steps": 8000, "batch_size": 128, "ema": 0.999},
         "evaluate": {"method": "exact"},
+    },
+    "vae": {
+        "build": {"latent": 16, "hidden": [256, 256]},
+        "fit": {"steps": 3000, "batch_size": 100, "lr": 1e-3},
     },
 }
 PRESETS: dict[str, dict[str, Any]] = {

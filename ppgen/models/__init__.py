@@ -15,12 +15,21 @@ from typing import Any
 from ppgen.datasets.base import Dataset
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.diffusion import DDPM
+from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
 from ppgen.models.independent import Independent
+from ppgen.models.vae import VAE
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
     "ddpm": DDPM,
+    "nice": NICE,
+    "realnvp": RealNVP,
+    "glow": Glow,
+    "maf": MAF,
+    "iaf": IAF,
+    "ffjord": FFJORD,
+    "vae": VAE,
 }
 
 

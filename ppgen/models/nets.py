@@ -72,13 +72,18 @@ class MaskedLinear(nn.Linear):
 
 
 def autoregressive_degrees(
-    order: Tensor, hidden: Sequence[int], generator: torch.Generator | None = None
+    order: Tensor,
+    hidden: Sequence[int],
+    generator: torch.Generator | None = None,
+    sort: bool = False,
 ) -> list[Tensor]:
     """MADE degrees (Germain et al. 2015, arXiv:1502.03509, eq. 12-13).
 
     ``order[d]`` is the position (0-based) of input ``d`` in the autoregressive order; input
     ``d`` gets degree ``order[d] + 1``. Hidden units get degrees in ``[1, D - 1]``: drawn with
     ``generator`` when given (the paper's random connectivity), else spread evenly (deterministic).
+    With ``sort``, each hidden layer's degrees are in ascending order (the same multiset), so the
+    masks are block-triangular (MAF/IAF use this to skip masked-out blocks).
 
     Returns:
         ``[input degrees, hidden layer 1 degrees, ...]``.
@@ -92,7 +97,7 @@ def autoregressive_degrees(
             d = d.clamp(min=low)
         else:
             d = torch.randint(low, max(num_inputs, low + 1), (h,), generator=generator)
-        degrees.append(d)
+        degrees.append(d.sort().values if sort else d)
     return degrees
 
 
@@ -110,6 +115,8 @@ class MaskedMLP(nn.Module):
         order: the autoregressive position of each input (default: the identity order).
         activation: the activation module class.
         dropout: dropout after each hidden activation.
+        sorted_degrees: give each hidden layer's units ascending degrees (see
+            :func:`autoregressive_degrees`); the same function class, a block-triangular layout.
 
     Shapes:
         ``forward(x (N, D), context (N, C))`` -> ``(N, D, K)``.
@@ -124,10 +131,12 @@ class MaskedMLP(nn.Module):
         order: Tensor | None = None,
         activation: type[nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        sorted_degrees: bool = False,
     ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("MaskedMLP needs at least one hidden layer")
+        self.sorted_degrees = sorted_degrees
         self.num_inputs = num_inputs
         self.out_per_dim = out_per_dim
         self.hidden = tuple(hidden)
@@ -146,7 +155,7 @@ class MaskedMLP(nn.Module):
     @torch.no_grad()
     def set_masks(self, order: Tensor, generator: torch.Generator | None = None) -> None:
         """Rebuild every mask for autoregressive ``order`` (in place, so buffers keep identity)."""
-        degrees = autoregressive_degrees(order.cpu(), self.hidden, generator)
+        degrees = autoregressive_degrees(order.cpu(), self.hidden, generator, self.sorted_degrees)
         c = self.context_features
         for layer, d_in, d_out in zip(self.layers, degrees[:-1], degrees[1:], strict=True):
             mask = (d_out[:, None] >= d_in[None, :]).to(layer.mask.dtype)

@@ -1,0 +1,99 @@
+r"""Normalizing flows: NICE, RealNVP, Glow, MAF, IAF and FFJORD, and their layers.
+
+One module per variant (STYLE.md, section 1): ``core`` (transforms with ``call_and_ladj``, lazy
+layers, :class:`NormalizingFlow`, the family base), ``layers`` (actnorm, batch norm, squeeze,
+factor-out, invertible 1x1 convolution), ``coupling`` (NICE, RealNVP), ``glow``,
+``autoregressive`` (MAF, IAF) and ``ffjord``.
+
+The layers are building blocks: compose them with :class:`Flow` into a conditional
+distribution, e.g. an IAF posterior for a VAE or a MAF prior.
+
+Example:
+    >>> import torch
+    >>> from ppgen.models.flows import Flow, MaskedAffineAutoregressive
+    >>> prior = Flow([MaskedAffineAutoregressive(2, hidden=[16]) for _ in range(2)], (2,))
+    >>> z = prior().rsample((5,))
+    >>> prior().log_prob(z).shape
+    torch.Size([5])
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CNF",
+    "FFJORD",
+    "IAF",
+    "MAF",
+    "NICE",
+    "AbstractFlow",
+    "ActNorm",
+    "AffineCoupling",
+    "BatchNorm",
+    "ComposedTransform",
+    "ConvAffineCoupling",
+    "DiagonalScale",
+    "FFJORDConfig",
+    "FactorOut",
+    "Flatten",
+    "Flow",
+    "FlowConfig",
+    "FlowTransform",
+    "Glow",
+    "GlowConfig",
+    "IAFConfig",
+    "InvertibleLinear",
+    "LazyComposedTransform",
+    "LazyTransform",
+    "MAFConfig",
+    "MaskedAffineAutoregressive",
+    "NICEConfig",
+    "NormalizingFlow",
+    "Permutation",
+    "RealNVP",
+    "RealNVPConfig",
+    "SequentialDensityError",
+    "Squeeze",
+    "StandardNormal",
+    "flow_sample",
+]
+
+from ppgen.models.flows.autoregressive import (
+    IAF,
+    MAF,
+    IAFConfig,
+    MAFConfig,
+    MaskedAffineAutoregressive,
+)
+from ppgen.models.flows.core import (
+    AbstractFlow,
+    ComposedTransform,
+    Flow,
+    FlowConfig,
+    FlowTransform,
+    LazyComposedTransform,
+    LazyTransform,
+    NormalizingFlow,
+    SequentialDensityError,
+    StandardNormal,
+    flow_sample,
+)
+from ppgen.models.flows.coupling import (
+    NICE,
+    AffineCoupling,
+    ConvAffineCoupling,
+    DiagonalScale,
+    NICEConfig,
+    RealNVP,
+    RealNVPConfig,
+)
+from ppgen.models.flows.ffjord import CNF, FFJORD, FFJORDConfig
+from ppgen.models.flows.glow import Glow, GlowConfig
+from ppgen.models.flows.layers import (
+    ActNorm,
+    BatchNorm,
+    FactorOut,
+    Flatten,
+    InvertibleLinear,
+    Permutation,
+    Squeeze,
+)
