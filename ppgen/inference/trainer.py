@@ -529,6 +529,9 @@ def _progress(enabled: bool, start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, desc="fit", dynamic_ncols=True, file=sys.stderr)
 
 
+_VALIDATION_SEED = 2_147_483_629  # a fixed stream for validation, apart from training's
+
+
 @torch.no_grad()
 def _validate(
     model: AbstractGenerativeModel,
@@ -543,12 +546,19 @@ def _validate(
     patience: int | None,
     batch_size: int,
 ) -> bool:
-    """Record the validation loss; write best.pt on improvement. Returns True to stop early."""
+    """Record the validation loss; write best.pt on improvement. Returns True to stop early.
+
+    Validation runs on its own random stream, seeded the same at every validation (common random
+    numbers for stochastic losses, e.g. dequantization noise), inside ``fork_rng``: it never
+    moves the training stream, so a run that validates when it stops and resumes stays exact.
+    """
     device, dtype = ctx.device, _dtype(model)
     swap = ema_state.swapped_in(model) if ema_state is not None else contextlib.nullcontext()
     model.eval()
     total, count = 0.0, 0
-    with swap:
+    cuda = [device] if device.type == "cuda" else []
+    with swap, torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(_VALIDATION_SEED)
         idx = dist_utils.shard(torch.arange(len(x_val)), ctx)
         for start in range(0, len(idx), max(batch_size, 256)):
             part = idx[start : start + max(batch_size, 256)]
