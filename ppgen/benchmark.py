@@ -38,9 +38,25 @@ from ppgen.models.base import AbstractGenerativeModel
 # family -> {"build": hyperparameters, "fit": trainer arguments, "evaluate": estimator options}
 _QUICK: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 300, "batch_size": 256, "lr": 0.05}},
+    "pixelcnn": {
+        "build": {"hidden": [32, 32, 32]},
+        "fit": {"steps": 300, "batch_size": 64, "lr": 3e-3},
+    },
+    "gated-pixelcnn": {
+        "build": {"hidden": [32, 32, 32]},
+        "fit": {"steps": 300, "batch_size": 64, "lr": 3e-3},
+    },
 }
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
+    "pixelcnn": {
+        "build": {"hidden": [64, 64, 64, 64]},
+        "fit": {"steps": 1500, "batch_size": 64, "lr": 2e-3},
+    },
+    "gated-pixelcnn": {
+        "build": {"hidden": [64, 64, 64, 64]},
+        "fit": {"steps": 1500, "batch_size": 64, "lr": 2e-3},
+    },
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
