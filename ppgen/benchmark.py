@@ -50,12 +50,12 @@ _QUICK: dict[str, dict[str, Any]] = {
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
     "pixelcnn": {
-        "build": {"hidden": [64, 64, 64, 64]},
-        "fit": {"steps": 1500, "batch_size": 64, "lr": 2e-3},
+        "build": {"hidden": [32, 32, 32, 32], "dropout": 0.3},
+        "fit": {"steps": 1000, "batch_size": 64, "lr": 2e-3},
     },
     "gated-pixelcnn": {
-        "build": {"hidden": [64, 64, 64, 64]},
-        "fit": {"steps": 1500, "batch_size": 64, "lr": 2e-3},
+        "build": {"hidden": [32, 32, 32, 32], "dropout": 0.3},
+        "fit": {"steps": 1000, "batch_size": 64, "lr": 2e-3},
     },
 }
 PRESETS: dict[str, dict[str, Any]] = {

@@ -12,7 +12,8 @@ first layer) or up to ``g`` (mask B, every later layer), as in PixelRNN (van den
 likelihood) or a discretized mixture of logistics (Salimans et al. 2017), so ``log_prob`` is the
 exact log-likelihood of the data as given, with no dequantization.
 
-Two networks share this module's output layers and samplers:
+Two networks (their layers live in :mod:`~ppgen.models.autoregressive.pixelcnn_layers`) share
+the output distributions and samplers defined here:
 
 - :class:`PixelCNN`: a mask-A convolution, then residual blocks of masked convolutions
   (1x1, kxk mask B, 1x1). Its stacked masks leave a *blind spot* up and to the right.
