@@ -59,6 +59,14 @@ _QUICK: dict[str, dict[str, Any]] = {
         "fit": {"steps": 1600, "batch_size": 100, "lr": 1e-3},
         "evaluate": {"num_particles": 100},
     },
+    "pixelcnn": {
+        "build": {"hidden": [32, 32, 32]},
+        "fit": {"steps": 300, "batch_size": 64, "lr": 3e-3},
+    },
+    "gated-pixelcnn": {
+        "build": {"hidden": [32, 32, 32]},
+        "fit": {"steps": 300, "batch_size": 64, "lr": 3e-3},
+    },
 }
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
@@ -79,6 +87,14 @@ _FULL: dict[str, dict[str, Any]] = {
     "vae": {
         "build": {"latent": 16, "hidden": [256, 256]},
         "fit": {"steps": 3000, "batch_size": 100, "lr": 1e-3},
+    },
+    "pixelcnn": {
+        "build": {"hidden": [32, 32, 32, 32], "dropout": 0.3},
+        "fit": {"steps": 1000, "batch_size": 64, "lr": 2e-3},
+    },
+    "gated-pixelcnn": {
+        "build": {"hidden": [32, 32, 32, 32], "dropout": 0.3},
+        "fit": {"steps": 1000, "batch_size": 64, "lr": 2e-3},
     },
 }
 PRESETS: dict[str, dict[str, Any]] = {

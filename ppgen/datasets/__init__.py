@@ -14,6 +14,8 @@ __all__ = [
     "DataTransform",
     "Dataset",
     "dequantize",
+    "from_idx",
+    "from_images",
     "load",
     "logit_transform",
     "names",
@@ -22,6 +24,7 @@ __all__ = [
 
 from ppgen.datasets.base import SPLITS, Dataset
 from ppgen.datasets.digits import load_digits
+from ppgen.datasets.images import from_idx, from_images
 from ppgen.datasets.toy import TOY_DATASETS, load_toy
 from ppgen.datasets.transforms import DataTransform, dequantize, logit_transform, quantize
 from ppgen.datasets.validation import DataError

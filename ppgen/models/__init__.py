@@ -13,6 +13,7 @@ __all__ = ["AbstractGenerativeModel", "ModelConfig", "build", "family_name", "ge
 from typing import Any
 
 from ppgen.datasets.base import Dataset
+from ppgen.models.autoregressive.pixelcnn import GatedPixelCNN, PixelCNN
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
@@ -30,6 +31,8 @@ _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "iaf": IAF,
     "ffjord": FFJORD,
     "vae": VAE,
+    "pixelcnn": PixelCNN,
+    "gated-pixelcnn": GatedPixelCNN,
 }
 
 

@@ -5,4 +5,6 @@ One module per variant (STYLE.md, section 1): ``nade.py``, ``made.py``, ``pixelc
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["GatedPixelCNN", "PixelCNN", "PixelCNNConfig"]
+
+from ppgen.models.autoregressive.pixelcnn import GatedPixelCNN, PixelCNN, PixelCNNConfig
