@@ -168,47 +168,6 @@ def pit_histogram(
         ax.set_title(f"dim {d} (p={float(result.p_values[d]):.2g})", fontsize=8)
         ax.set_xlim(0, 1)
         ax.tick_params(labelsize=7)
-# ---- posteriors and latents (ppgen.inference.posterior.inspect) -------------------------------
-
-
-def posterior_pair(
-    draws: dict[str, Any],
-    dim_names: list[str],
-    path: str | os.PathLike | None = None,
-    max_dims: int = 4,
-    title: str | None = None,
-) -> Figure:
-    """A pair plot of posterior draws: marginal histograms on the diagonal, scatter below.
-
-    Arguments:
-        draws: label -> array ``(S, D)`` (e.g. ``{"nuts": ..., "guide": ...}``), overlaid.
-        dim_names: the D coordinate names.
-        max_dims: at most this many leading coordinates are drawn.
-    """
-    import numpy as np
-
-    d = min(len(dim_names), max_dims)
-    fig, axes = plt.subplots(d, d, figsize=(2.2 * d + 0.6, 2.2 * d + 0.4), squeeze=False)
-    colours = ["C0", "C1", "C2", "C3"]
-    for i in range(d):
-        for j in range(d):
-            ax = axes[i, j]
-            if j > i:
-                ax.axis("off")
-                continue
-            for (label, v), colour in zip(draws.items(), colours, strict=False):
-                v = np.asarray(v)
-                if i == j:
-                    ax.hist(v[:, i], bins=30, density=True, alpha=0.45, color=colour, label=label)
-                else:
-                    ax.scatter(v[:, j], v[:, i], s=3, alpha=0.3, color=colour, label=label)
-            if i == d - 1:
-                ax.set_xlabel(dim_names[j])
-            if j == 0 and i > 0:
-                ax.set_ylabel(dim_names[i])
-    axes[0, 0].legend(frameon=False, fontsize=7)
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -356,6 +315,54 @@ def samples_vs_data(
                 else:
                     ax.imshow((img / max(vmax, 1e-8)).clamp(0, 1).numpy())
         part.suptitle(label)
+    return _finish(fig, path)
+
+
+# ---- posteriors and latents (ppgen.inference.posterior.inspect) -------------------------------
+
+
+def posterior_pair(
+    draws: dict[str, Any],
+    dim_names: list[str],
+    path: str | os.PathLike | None = None,
+    max_dims: int = 4,
+    title: str | None = None,
+) -> Figure:
+    """A pair plot of posterior draws: marginal histograms on the diagonal, scatter below.
+
+    Arguments:
+        draws: label -> array ``(S, D)`` (e.g. ``{"nuts": ..., "guide": ...}``), overlaid.
+        dim_names: the D coordinate names.
+        max_dims: at most this many leading coordinates are drawn.
+    """
+    import numpy as np
+
+    d = min(len(dim_names), max_dims)
+    fig, axes = plt.subplots(d, d, figsize=(2.2 * d + 0.6, 2.2 * d + 0.4), squeeze=False)
+    colours = ["C0", "C1", "C2", "C3"]
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            for (label, v), colour in zip(draws.items(), colours, strict=False):
+                v = np.asarray(v)
+                if i == j:
+                    ax.hist(v[:, i], bins=30, density=True, alpha=0.45, color=colour, label=label)
+                else:
+                    ax.scatter(v[:, j], v[:, i], s=3, alpha=0.3, color=colour, label=label)
+            if i == d - 1:
+                ax.set_xlabel(dim_names[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(dim_names[i])
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
 def latent_scatter(
     codes: Any,
     labels: Any | None = None,
