@@ -13,12 +13,15 @@ __all__ = ["AbstractGenerativeModel", "ModelConfig", "build", "family_name", "ge
 from typing import Any
 
 from ppgen.datasets.base import Dataset
+from ppgen.models.autoregressive import MADE, NADE
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.independent import Independent
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
+    "nade": NADE,
+    "made": MADE,
 }
 
 

@@ -5,4 +5,7 @@ One module per variant (STYLE.md, section 1): ``nade.py``, ``made.py``, ``pixelc
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["MADE", "NADE", "MADEConfig", "NADEConfig"]
+
+from ppgen.models.autoregressive.made import MADE, MADEConfig
+from ppgen.models.autoregressive.nade import NADE, NADEConfig
