@@ -44,9 +44,19 @@ def _spec(levels: int, d: int) -> dict:
     return {"event_shape": (d,), "kind": kind, "levels": levels}
 
 
-def _nade(levels: int, d: int, seed: int, hidden: int = 7, order=None, activation="sigmoid"):
+def _nade(
+    levels: int,
+    d: int,
+    seed: int,
+    hidden: int = 7,
+    order=None,
+    activation="sigmoid",
+    encoding="value",
+):
     torch.manual_seed(seed)
-    m = NADE(**_spec(levels, d), hidden=[hidden], order=order, activation=activation)
+    m = NADE(
+        **_spec(levels, d), hidden=[hidden], order=order, activation=activation, encoding=encoding
+    )
     return _perturb(m.double(), seed).eval()
 
 
@@ -85,10 +95,15 @@ def test_nade_binary_normalizes(d, seed, order_seed, activation):
     assert abs(total - 1.0) < 1e-5, (d, seed)
 
 
-@given(d=st.integers(1, 4), seed=st.integers(0, 10**6), order_seed=orderings)
+@given(
+    d=st.integers(1, 4),
+    seed=st.integers(0, 10**6),
+    order_seed=orderings,
+    encoding=st.sampled_from(["value", "onehot"]),
+)
 @EXACT
-def test_nade_three_levels_normalizes(d, seed, order_seed):
-    m = _nade(3, d, seed, order=_order(d, order_seed))
+def test_nade_three_levels_normalizes(d, seed, order_seed, encoding):
+    m = _nade(3, d, seed, order=_order(d, order_seed), encoding=encoding)
     total = _mass(m.log_prob(_all_configurations(3, d)))
     assert abs(total - 1.0) < 1e-5, (d, seed)
 
@@ -190,11 +205,12 @@ def _chi_square_p(samples: torch.Tensor, model, levels: int) -> float:
 
 
 @pytest.mark.parametrize("levels", [2, 3])
-@pytest.mark.parametrize("sampler", ["nade-cached", "nade-naive", "made-ensemble"])
+@pytest.mark.parametrize("sampler", ["nade-cached", "nade-naive", "nade-onehot", "made-ensemble"])
 def test_samples_follow_log_prob(levels, sampler):
     d, n = 4, 20_000
     if sampler.startswith("nade"):
-        m = _nade(levels, d, seed=7, order=(2, 0, 3, 1))
+        encoding = "onehot" if sampler == "nade-onehot" else "value"
+        m = _nade(levels, d, seed=7, order=(2, 0, 3, 1), encoding=encoding)
         x = m.sample(n, seed=1, cached=sampler == "nade-cached")
     else:
         m = _made(levels, d, seed=7, num_masks=3, order=(2, 0, 3, 1))
@@ -243,13 +259,31 @@ def test_continuous_samples_follow_log_prob(family):
     d=st.integers(1, 12),
     seed=st.integers(0, 10**6),
     order_seed=orderings,
+    encoding=st.sampled_from(["value", "onehot"]),
 )
 @EXACT
-def test_nade_cached_sampling_equals_the_naive_path(levels, d, seed, order_seed):
-    m = _nade(levels, d, seed, order=_order(d, order_seed))
+def test_nade_cached_sampling_equals_the_naive_path(levels, d, seed, order_seed, encoding):
+    m = _nade(levels, d, seed, order=_order(d, order_seed), encoding=encoding)
     a = m.sample(50, seed=seed, cached=True)
     b = m.sample(50, seed=seed, cached=False)
     assert torch.equal(a, b), (levels, d, seed)
+
+
+@pytest.mark.parametrize("levels", [2, 5, None])
+def test_nade_matrix_and_cumsum_preactivations_agree(levels, monkeypatch):
+    """Value inputs use a masked matrix product up to D = _GEMM_MAX_DIMS and an exclusive
+    cumulative sum beyond: both must give the same conditionals and a normalized density."""
+    if levels is None:
+        m = _perturb(NADE(event_shape=(6,), kind="continuous", hidden=[8]).double(), 0).eval()
+        x = torch.randn(40, 6, dtype=torch.float64)
+    else:
+        m = _nade(levels, 6, seed=4, order=(5, 3, 1, 0, 2, 4))
+        x = torch.randint(0, levels, (40, 6)).double()
+    gemm = m.conditionals(x)
+    monkeypatch.setattr(NADE, "_GEMM_MAX_DIMS", 0)
+    assert torch.allclose(m.conditionals(x), gemm, atol=1e-12)
+    if levels is not None:
+        assert abs(_mass(m.log_prob(_all_configurations(levels, 6))) - 1.0) < 1e-5
 
 
 def test_rnade_cached_sampling_equals_the_naive_path():
@@ -344,8 +378,6 @@ def test_nade_conditionals_are_autoregressive(d, seed, levels, order_seed):
     m = NADE(
         event_shape=(d,), kind=kind, levels=levels, hidden=[6], order=order, components=2
     ).double()
-    if kind == "discrete":  # one-hot input: perturb the embedding rows instead of x
-        return
     x = torch.rand(1, d, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(m.conditionals, x)  # (1, D steps, P, 1, D dims)
     jac = jac.reshape(d, m.num_params, d).abs().sum(1)
@@ -358,7 +390,7 @@ def test_nade_conditionals_are_autoregressive(d, seed, levels, order_seed):
 
 def test_nade_discrete_conditionals_are_autoregressive():
     """One-hot inputs: changing x at positions >= i leaves conditional i unchanged."""
-    m = _nade(5, 6, seed=1, order=(3, 5, 0, 1, 4, 2))
+    m = _nade(5, 6, seed=1, order=(3, 5, 0, 1, 4, 2), encoding="onehot")
     x = torch.randint(0, 5, (200, 6)).double()
     base = m.conditionals(x)
     pos = torch.tensor(m.config.order)

@@ -13,8 +13,9 @@ every conditional from scratch after each dimension, O(D^2 H), and exists to che
 cached one.
 
 ``e(x)`` and ``f`` by data kind: binary data enters by value and leaves through a Bernoulli
-(Larochelle & Murray 2011); discrete data enters one-hot (an embedding ``W_i[x]``) and leaves
-through a categorical over the levels; continuous data enters by value and leaves through a
+(Larochelle & Murray 2011); discrete data enters by value scaled to [0, 1] (or one-hot, an
+embedding ``W_i[x]``, with ``encoding="onehot"``) and leaves through a categorical over the
+levels; continuous data enters by value and leaves through a
 mixture of ``components`` Gaussians, with the per-step activation scale :math:`\rho_i` of RNADE
 (Uria et al. 2013).
 """
@@ -46,12 +47,17 @@ class NADEConfig(ModelConfig):
         order: ``order[d]`` is the position of dimension ``d`` in the autoregressive order (a
             permutation of ``0..D-1``); None is the identity (raster) order.
         activation: ``"sigmoid"`` (as in the paper) or ``"relu"``.
+        encoding: how discrete values enter the hidden layer: ``"value"`` (the level scaled to
+            ``[0, 1]``, one column of ``W`` per dimension) or ``"onehot"`` (a row of ``W`` per
+            level: L times the input weights; it overfits the 1200 digits, 2.05 against 1.97
+            validation bits/dim at H = 128).
     """
 
     hidden: tuple[int, ...] = (500,)
     components: int = 10
     order: tuple[int, ...] | None = None
     activation: Literal["sigmoid", "relu"] = "sigmoid"
+    encoding: Literal["onehot", "value"] = "value"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +73,8 @@ class NADEConfig(ModelConfig):
                 f"order must be a permutation of 0..{self.num_dims - 1} (one position per "
                 f"dimension), got {list(self.order)}"
             )
+        if self.encoding not in ("onehot", "value"):
+            raise ValueError(f"encoding must be 'onehot' or 'value', got {self.encoding!r}")
         if self.activation not in ("sigmoid", "relu"):
             raise ValueError(f"activation must be 'sigmoid' or 'relu', got {self.activation!r}")
 
@@ -100,6 +108,7 @@ class NADE(AbstractGenerativeModel):
     likelihood: ClassVar = "exact"
     Config: ClassVar = NADEConfig
     default_objective: ClassVar = "mle"
+    _GEMM_MAX_DIMS: ClassVar[int] = 128
 
     def __init__(self, config: NADEConfig | None = None, **fields: object) -> None:
         super().__init__(config, **fields)
@@ -109,7 +118,8 @@ class NADE(AbstractGenerativeModel):
         order = torch.arange(d) if cfg.order is None else torch.tensor(cfg.order)
         # sequence[i]: the dimension sampled at step i
         self.register_buffer("sequence", torch.argsort(order), persistent=False)
-        num_in = cfg.levels if cfg.kind == "discrete" else 1
+        self.onehot = cfg.kind == "discrete" and cfg.encoding == "onehot"
+        num_in = cfg.levels if self.onehot else 1
         assert num_in is not None
         # W[i]: how the value at step i moves the hidden pre-activation (one row per level for
         # one-hot discrete input); scaled so that a_D has unit variance at init.
@@ -130,19 +140,41 @@ class NADE(AbstractGenerativeModel):
     def _activation(self, a: Tensor, step: int | slice) -> Tensor:
         if self.log_rho is not None:
             rho = self.log_rho[step].exp()
-            a = a * (rho[:, None] if isinstance(step, slice) else rho)
+            a = a * (rho[:, None, None] if isinstance(step, slice) else rho)
         return torch.sigmoid(a) if self.config.activation == "sigmoid" else torch.relu(a)
 
-    def _input(self, x_step: Tensor, step: int | slice) -> Tensor:
-        """``W_i e(x_i)``: the contribution of the values at ``step`` to the pre-activation."""
+    def _value(self, x_step: Tensor) -> Tensor:
+        """The value that enters the hidden layer (discrete levels scaled to [0, 1])."""
         if self.config.kind == "discrete":
-            if isinstance(step, slice):  # x_step (N, D) -> (N, D, H)
-                rows = torch.arange(self.W.shape[0], device=x_step.device)[None, :]
-                return self.W[rows, x_step.long()]
-            return self.W[step][x_step.long()]  # (N,) -> (N, H)
-        if isinstance(step, slice):
-            return x_step.unsqueeze(-1) * self.W[:, 0]
-        return x_step.unsqueeze(-1) * self.W[step, 0]
+            assert self.config.levels is not None
+            return x_step / (self.config.levels - 1)
+        return x_step
+
+    def _input(self, x_step: Tensor, step: int) -> Tensor:
+        """``W_i e(x_i)``: the contribution of the values at ``step``, ``(N,) -> (N, H)``."""
+        if self.onehot:
+            return self.W[step][x_step.long()]
+        return self._value(x_step).unsqueeze(-1) * self.W[step, 0]
+
+    def _preactivations(self, x_seq: Tensor) -> Tensor:
+        r"""Every step's :math:`a_i = c + \sum_{j<i} W_j e(x_j)`, steps first: ``(D, N, H)``.
+
+        Each is computed without ``x_i`` itself, so no rounding can carry ``x_i`` into its own
+        conditional. Value inputs use one matrix product with the strictly lower-triangular
+        step mask (O(N D^2 H) in BLAS, the faster choice for D up to ``_GEMM_MAX_DIMS``); one-hot
+        and longer inputs use an exclusive cumulative sum over the steps (O(N D H)).
+        """
+        n, d = x_seq.shape
+        if not self.onehot and d <= self._GEMM_MAX_DIMS:
+            strict = torch.ones(d, d, dtype=x_seq.dtype, device=x_seq.device).tril_(-1)
+            masked = strict[:, None, :] * self._value(x_seq)[None]  # (D, N, D): x_{<i} per row i
+            return self.c + (masked.reshape(d * n, d) @ self.W[:, 0]).view(d, n, -1)
+        if self.onehot:
+            steps = torch.arange(d, device=x_seq.device)[:, None]
+            contrib = self.W[steps, x_seq.T.long()]  # (D, N, H)
+        else:
+            contrib = self._value(x_seq).T.unsqueeze(-1) * self.W  # (D, N, H)
+        return self.c + torch.cumsum(F.pad(contrib[:-1], (0, 0, 0, 0, 1, 0)), dim=0)
 
     def conditionals(self, x: Tensor) -> Tensor:
         """The parameters of every conditional :math:`p(x_{o_i} \\mid x_{o_{<i}})`, in step order.
@@ -151,12 +183,9 @@ class NADE(AbstractGenerativeModel):
             ``x (N, D)`` flattened data -> ``(N, D, P)``.
         """
         x_seq = x[:, self.sequence]  # (N, D) in step order
-        contrib = self._input(x_seq, slice(None))  # (N, D, H)
-        # a_i = c + sum_{j<i} W_j e(x_j): an exclusive cumulative sum over steps (computed
-        # without x_i, so no rounding error can carry x_i into its own conditional)
-        a = self.c + torch.cumsum(F.pad(contrib[:, :-1], (0, 0, 1, 0)), dim=1)
-        h = self._activation(a, slice(None))
-        return torch.einsum("nih,iph->nip", h, self.V) + self.b
+        h = self._activation(self._preactivations(x_seq), slice(None))  # (D, N, H)
+        params = torch.baddbmm(self.b[:, None, :], h, self.V.transpose(1, 2))  # (D, N, P)
+        return params.transpose(0, 1)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         self._check_context(context)
