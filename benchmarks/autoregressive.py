@@ -1,6 +1,6 @@
 """NADE and MADE figures: cached vs naive NADE sampling, and test bits/dim next to baselines.
 
-    python -m benchmarks.autoregressive sampling [--n 1000] [--repeats 7] [--hidden 500]
+    python -m benchmarks.autoregressive sampling [--n 500] [--repeats 5] [--hidden 500]
     python -m benchmarks.autoregressive likelihood [--data digits digits-binary] [--json out.json]
 
 ``sampling``: NADE (default hyperparameters, D = 64) on digits-binary and digits draws ``--n``
@@ -143,8 +143,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sampling")
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--repeats", type=int, default=7)
+    s.add_argument("--n", type=int, default=500)
+    s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--hidden", type=int, default=500)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--json", default=None)

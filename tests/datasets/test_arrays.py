@@ -257,6 +257,11 @@ def test_bad_files_name_the_file(tmp_path, fmt):
         match = "batch dim"
     with pytest.raises(DataError, match=match):
         ppgen.datasets.load(wrong, "all")
+    levels = tmp_path / f"levels.{fmt}"
+    _write(levels, np.array([[0, 7], [3, 1]]), fmt)
+    with pytest.raises(DataError, match="values must lie in 0..3") as err:
+        ppgen.datasets.load(f"{levels}#levels=4", "all")  # 7 is out of range
+    assert str(levels) in str(err.value)
 
 
 def test_missing_unsupported_and_pickled_files(tmp_path):
