@@ -13,7 +13,7 @@ __all__ = ["AbstractGenerativeModel", "ModelConfig", "build", "family_name", "ge
 from typing import Any
 
 from ppgen.datasets.base import Dataset
-from ppgen.models.autoregressive.pixelcnn import GatedPixelCNN, PixelCNN
+from ppgen.models.autoregressive import MADE, NADE, GatedPixelCNN, PixelCNN
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
@@ -23,16 +23,18 @@ from ppgen.models.vae import VAE
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
-    "ddpm": DDPM,
-    "nice": NICE,
+    "nade": NADE,
+    "made": MADE,
+    "pixelcnn": PixelCNN,
+    "gated-pixelcnn": GatedPixelCNN,
     "realnvp": RealNVP,
+    "nice": NICE,
     "glow": Glow,
     "maf": MAF,
     "iaf": IAF,
     "ffjord": FFJORD,
     "vae": VAE,
-    "pixelcnn": PixelCNN,
-    "gated-pixelcnn": GatedPixelCNN,
+    "ddpm": DDPM,
 }
 
 

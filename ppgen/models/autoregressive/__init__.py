@@ -5,6 +5,16 @@ One module per variant (STYLE.md, section 1): ``nade.py``, ``made.py``, ``pixelc
 
 from __future__ import annotations
 
-__all__ = ["GatedPixelCNN", "PixelCNN", "PixelCNNConfig"]
+__all__ = [
+    "MADE",
+    "NADE",
+    "GatedPixelCNN",
+    "MADEConfig",
+    "NADEConfig",
+    "PixelCNN",
+    "PixelCNNConfig",
+]
 
+from ppgen.models.autoregressive.made import MADE, MADEConfig
+from ppgen.models.autoregressive.nade import NADE, NADEConfig
 from ppgen.models.autoregressive.pixelcnn import GatedPixelCNN, PixelCNN, PixelCNNConfig
