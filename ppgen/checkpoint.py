@@ -154,11 +154,13 @@ def model_payload(model: AbstractGenerativeModel) -> dict[str, Any]:
     """What a checkpoint records about a model: family, config and weights."""
     name = family_name(model)
     cls = type(model)
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
     return {
         "format": FORMAT_VERSION,
         "family": name if name is not None else f"{cls.__module__}:{cls.__qualname__}",
         "config": model.config.to_dict(),
         "state_dict": model.state_dict(),
+        "dtype": str(floating[0]).removeprefix("torch.") if floating else None,
     }
 
 
@@ -198,6 +200,9 @@ def model_from_payload(
         raise CheckpointError(
             f"{source}: cannot rebuild {cls.__name__} from its config: {e}"
         ) from None
+    dtype = payload.get("dtype")
+    if dtype in ("float16", "bfloat16", "float32", "float64"):  # saved in float64: load so
+        model.to(getattr(torch, dtype))
     _load_state(model, payload["state_dict"], source)
     return model
 

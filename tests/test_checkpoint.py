@@ -30,6 +30,15 @@ def test_round_trip_is_exact(model, tmp_path):
     assert torch.equal(m.log_prob(ds.data), m2.log_prob(ds.data))
 
 
+def test_round_trip_keeps_the_dtype(model, tmp_path, dtype):
+    m, ds = model
+    m = m.to(dtype)
+    ppgen.save(m, tmp_path / "m.pt")
+    m2 = ppgen.load(tmp_path / "m.pt")
+    assert m2.logits.dtype == dtype
+    assert torch.equal(m.logits, m2.logits)
+
+
 def test_corrupted_and_truncated_files_name_the_file(model, tmp_path):
     m, _ = model
     path = tmp_path / "m.pt"

@@ -158,13 +158,23 @@ def batch_indices(
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
     epoch, b = divmod(step, per_epoch)
-    g = torch.Generator(device=generator_device).manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
+    perm = _epoch_permutation(n, seed, epoch, generator_device)
     return perm[b * batch_size : (b + 1) * batch_size]
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int, generator_device: str) -> Tensor:
+    """The permutation walked in ``epoch``: drawn once per epoch, not once per step."""
+    g = torch.Generator(device=generator_device).manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
 class _EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers.
+    """Exponential moving average of a model's parameters; buffers are copied, not averaged.
+
+    Buffers hold structure or statistics the model computes (MADE's current masks, actnorm's
+    initialized flag, batch-norm running moments); averaging a mask that changes every step
+    would give a mask of no ordering, so the shadow takes the live model's buffers as they are.
 
     A dozen lines instead of ``torch.optim.swa_utils.AveragedModel``: that wrapper deep-copies
     the module and averages through ``forward``, whereas ppgen's families are used through
@@ -177,12 +187,13 @@ class _EMA:
             raise FitError(f"ema must lie in (0, 1), got {decay}")
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._params = {k for k, _ in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         for k, v in model.state_dict().items():
             s = self.shadow[k]
-            if v.is_floating_point():
+            if k in self._params and v.is_floating_point():
                 s.lerp_(v, 1.0 - self.decay)
             else:
                 s.copy_(v)
