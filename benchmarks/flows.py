@@ -10,13 +10,16 @@ units (MADE for MAF, an MLP on half the features for RealNVP), a standard normal
 Orientations are chosen so that ``log_prob`` is one network pass in every library (normflows'
 ``MaskedAffineAutoregressive`` is wrapped in ``Reverse``: as shipped, its density direction is
 the D-pass one). ppgen runs through its families (``ppgen.models.get("maf")`` ...), so its
-numbers include input validation and its leading standardizing ActNorm.
+numbers include input validation; for the timings its leading standardizing ActNorm is off
+(``standardize=False``, the same architecture as the peers), for the quality runs it is on
+(the family's default).
 
 Timing: rounds alternate between libraries (the order rotates each round), each round times a
 few calls after a warm-up call, and the median over rounds is reported; ratios are ppgen's
 throughput over each peer's, measured in the same process. Quality: the same training loop for
 every library (same batches, steps, learning rate, seed), validation every ``eval_every`` steps
-with early stopping on the best validation NLL, then test NLL (nats for 2-D toys, bits/dim of
+with early stopping (the best validation NLL's weights; a run stops after 5 evaluations without
+improvement), then test NLL (nats for 2-D toys, bits/dim of
 the discrete data for digits, with the logit transform's alpha 0.05 and Jacobians counted).
 """
 
@@ -57,8 +60,9 @@ class Built:
 
 def build(lib: str, flow: str, d: int, hidden: int, transforms: int = 5) -> Built:
     h = [hidden, hidden]
-    if lib == "ppgen":
-        m = ppgen.models.get(flow)(event_shape=(d,), transforms=transforms, hidden=h)
+    if lib == "ppgen":  # the same architecture: no leading standardizing ActNorm
+        m = ppgen.models.get(flow)(event_shape=(d,), transforms=transforms, hidden=h,
+                                   standardize=False)
         return Built(m.log_prob, lambda n: m.sample(n), m, lambda x: m.initialize(x))
     if lib == "zuko":
         import zuko
@@ -249,24 +253,21 @@ def _nll(built: Built, x: torch.Tensor, discrete: bool, seed: int) -> float:
 
 
 def fit_and_score(lib: str, flow: str, data: str, split: Split, hidden: int, steps: int,
-                  batch: int, lr: float, eval_every: int, seed: int) -> dict:
+                  batch: int, lr: float, eval_every: int, seed: int, patience: int = 5) -> dict:
     discrete = data == "digits"
     torch.manual_seed(seed)
-    if lib == "ppgen" and flow in ("realnvp-image", "glow-image", "glow", "nice", "iaf",
-                                   "ffjord"):
+    if lib == "ppgen":
         name = flow.removesuffix("-image")
         hp = {"transforms": 5, "hidden": [hidden, hidden]}
-        if flow == "ffjord":
+        if flow.endswith("-image"):  # convolutional conditioners: 64 channels, 6 steps
+            hp = {"transforms": 6, "hidden": [64, 64]}
+        if name == "ffjord":
             hp = {"transforms": 1, "hidden": [hidden, hidden], "rtol": 1e-4, "atol": 1e-4}
-        m = ppgen.models.get(name)(event_shape=tuple(split.train.shape[1:]),
+        shape = tuple(split.train.shape[1:]) if flow.endswith("-image") else (
+            split.train[0].numel(),)
+        m = ppgen.models.get(name)(event_shape=shape,
                                    kind="discrete" if discrete else "continuous",
                                    levels=17 if discrete else None, **hp)
-        b = Built(m.log_prob, lambda n: m.sample(n), m, lambda x: m.initialize(x))
-    elif lib == "ppgen":
-        d = split.train[0].numel()
-        m = ppgen.models.get(flow)(event_shape=(d,), kind="discrete" if discrete else
-                                   "continuous", levels=17 if discrete else None,
-                                   transforms=5, hidden=[hidden, hidden])
         b = Built(m.log_prob, lambda n: m.sample(n), m, lambda x: m.initialize(x))
     else:
         b = build(lib, flow, split.train[0].numel(), hidden)
@@ -301,13 +302,16 @@ def fit_and_score(lib: str, flow: str, data: str, split: Split, hidden: int, ste
             v = _nll(b, val, discrete, seed=123)
             if v < best:
                 best, best_state, best_step = v, copy.deepcopy(b.module.state_dict()), step
+            elif step - best_step >= patience * eval_every:
+                break  # early stopping: no validation improvement in `patience` evaluations
     seconds = time.perf_counter() - t0
     b.module.load_state_dict(best_state)
     b.module.eval()
     nats = _nll(b, test, discrete, seed=456)
     d = test[0].numel()
-    return {"lib": lib, "flow": flow, "data": data, "seed": seed, "test_nats": nats,
-            "test_bpd": nats / (d * math.log(2)), "best_step": best_step,
+    nfe = getattr(b.module, "nfe", None)  # FFJORD: function evaluations of the last solve
+    return {"lib": lib, "flow": flow, "data": data, "seed": seed, "test_nats": nats, "nfe": nfe,
+            "test_bpd": nats / (d * math.log(2)), "best_step": best_step, "steps_run": step,
             "train_seconds": seconds}
 
 
@@ -323,7 +327,8 @@ def gmm_digits(seed: int, components: int = 5) -> float:
     return float(-lp.mean() / (64 * math.log(2)))
 
 
-def quality(datasets: list[str], seeds: list[int], libs: list[str], extra: list[str]) -> list:
+def quality(datasets: list[str], seeds: list[int], libs: list[str], extra: list[str],
+            flows: list[str]) -> list:
     results = []
     for data in datasets:
         sets = {s: ppgen.datasets.load(data, s).data for s in ("train", "val", "test")}
@@ -333,12 +338,13 @@ def quality(datasets: list[str], seeds: list[int], libs: list[str], extra: list[
         else:
             cfg = {"hidden": 256, "steps": 3000, "batch": 256, "lr": 1e-3, "eval_every": 100}
         for seed in seeds:
-            runs = [(lib, flow) for flow in FLOWS for lib in libs]
+            runs = [(lib, flow) for flow in flows for lib in libs]
             runs += [("ppgen", f) for f in extra]
             for lib, flow in runs:
                 r = fit_and_score(lib, flow, data, split, seed=seed, **cfg)
                 print(f"{data} {flow:<14} {lib:<10} seed {seed}: test {r['test_nats']:.3f} nats "
-                      f"({r['test_bpd']:.3f} bits/dim), best step {r['best_step']}, "
+                      f"({r['test_bpd']:.3f} bits/dim), best step {r['best_step']} of "
+                      f"{r['steps_run']}, " + (f"NFE {r['nfe']}, " if r["nfe"] else "") +
                       f"{r['train_seconds']:.0f} s", flush=True)
                 results.append(r)
             if data == "digits":
@@ -346,7 +352,21 @@ def quality(datasets: list[str], seeds: list[int], libs: list[str], extra: list[
                 print(f"digits gmm-5 (sklearn, full covariance) seed {seed}: {bpd:.3f} bits/dim")
                 results.append({"lib": "sklearn", "flow": "gmm-5", "data": data, "seed": seed,
                                 "test_bpd": bpd})
+    print_quality_summary(results)
     return results
+
+
+def print_quality_summary(results: list[dict]) -> None:
+    """Median over seeds of test NLL per (data, flow, library), and ppgen against the best peer."""
+    groups: dict = {}
+    for r in results:
+        key = (r["data"], r["flow"], r["lib"])
+        groups.setdefault(key, []).append(r["test_bpd"] if r["data"] == "digits"
+                                          else r.get("test_nats", math.nan))
+    print("\nmedians over seeds (nats for toys, bits/dim for digits):")
+    for (data, flow, lib), vals in sorted(groups.items()):
+        print(f"  {data:<7} {flow:<14} {lib:<10} {statistics.median(vals):.3f}  "
+              f"(n={len(vals)}: {', '.join(f'{v:.3f}' for v in vals)})")
 
 
 def main() -> None:
@@ -378,7 +398,7 @@ def main() -> None:
         print_speed("2-D per-call overhead, H=64, batch 1024 (5 transforms)", out["overhead"],
                     OVERHEAD_GOALS)
     if args.what in ("quality", "all"):
-        out["quality"] = quality(args.data, args.seeds, args.libs, args.extra)
+        out["quality"] = quality(args.data, args.seeds, args.libs, args.extra, args.flows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

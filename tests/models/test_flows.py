@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pyro import poutine
 from pyro.infer import Trace_ELBO
@@ -30,11 +30,13 @@ HYP = settings(max_examples=8, deadline=None, derandomize=True,
 
 
 def randomize(module, seed, scale=0.3):
-    """Move every parameter off its (often identity) initialization."""
+    """Move every parameter off its (often identity) initialization; matrices by
+    ``scale / sqrt(fan_in)`` so that deep random stacks stay well conditioned."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+            s = scale / math.sqrt(p[0].numel()) if p.dim() >= 2 else scale
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * s)
     return module
 
 
@@ -83,6 +85,7 @@ def _vector_layers(d, c, seed):
         "batchnorm": F.BatchNorm((d,)).eval(),
         "diagonal": F.DiagonalScale(d),
         "linear-lu": F.InvertibleLinear((d,)),
+        "linear-lu-identity": F.InvertibleLinear((d,), init="identity"),
         "permutation": F.Permutation(torch.randperm(d)),
     }
     return {k: randomize(v.double(), seed) for k, v in layers.items()}
@@ -135,6 +138,36 @@ def test_image_layers_invert_and_ladj_matches_autograd(shape, batch, seed):
         check_round_trip_and_jacobian(layer(ctx), x, f"{name}{shape}", layer=layer, context=ctx)
 
 
+@pytest.mark.parametrize("order", ["identity", "reversed", "random"])
+def test_blocked_made_pass_equals_the_plain_masked_pass(order):
+    """The block-triangular one-pass evaluation (and its hand-written backward) computes the
+    same function and gradients as the plain masked MLP."""
+    from ppgen.models.flows.autoregressive import _StaircaseLinear
+
+    d = 20
+    perm = {"identity": torch.arange(d), "reversed": torch.arange(d).flip(0),
+            "random": torch.randperm(d)}[order]
+    a = F.MaskedAffineAutoregressive(d, 3, [16, 12], order=perm, blocks=4).double()
+    randomize(a, 0)
+    b = F.MaskedAffineAutoregressive(d, 3, [16, 12], order=perm, blocks=1).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(7, d, dtype=torch.float64)
+    c = torch.randn(7, 3, dtype=torch.float64)
+    outs = []
+    for layer in (a, b):
+        z, ladj = layer(c).call_and_ladj(x)
+        grads = torch.autograd.grad((z.sin().sum() + ladj.sum()), list(layer.parameters()))
+        outs.append((z, ladj, grads))
+    assert torch.allclose(outs[0][0], outs[1][0]) and torch.allclose(outs[0][1], outs[1][1])
+    for ga, gb in zip(outs[0][2], outs[1][2], strict=True):
+        assert torch.allclose(ga, gb), order
+    lin = a.net.layers[1]
+    args = (torch.randn(5, 16, dtype=torch.float64, requires_grad=True),
+            lin.weight.detach().clone().requires_grad_(), lin.mask,
+            lin.bias.detach().clone().requires_grad_(), a.spans[1])
+    assert torch.autograd.gradcheck(_StaircaseLinear.apply, args)
+
+
 def test_squeeze_moves_each_2x2_patch_into_channels():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     z, _ = F.Squeeze((1, 4, 4))().call_and_ladj(x)
@@ -152,11 +185,7 @@ def test_cnf_ladj_matches_autograd_and_inverts():
 
 # ---- whole families -----------------------------------------------------------------------------
 
-FAMILY_CASES = [
-    (f, shape, layout)
-    for f in FAMILIES
-    for shape, layout in [((2,), "auto"), ((5,), "auto"), ((1, 4, 4), "auto"), ((2, 4, 4), "auto")]
-] + [("realnvp", (1, 4, 4), "vector"), ("glow", (1, 4, 4), "vector")]
+FAMILY_SHAPES = [(2,), (3,), (5,), (1, 4, 4), (2, 4, 4), (3, 2, 4)]
 
 
 def _family(name, shape, layout="auto", transforms=3, **extra):
@@ -167,15 +196,21 @@ def _family(name, shape, layout="auto", transforms=3, **extra):
     if name == "realnvp":
         hp["norm"] = "actnorm"
     if name == "ffjord":
-        hp.update(transforms=2, rtol=1e-9, atol=1e-9, hidden=[6])
+        hp.update(transforms=min(transforms, 2), rtol=1e-8, atol=1e-8, hidden=[6])
     return cls(**hp).double()
 
 
-@pytest.mark.parametrize(("family", "shape", "layout"), FAMILY_CASES,
-                         ids=[f"{f}-{'x'.join(map(str, s))}-{lay}" for f, s, lay in FAMILY_CASES])
-def test_family_flow_inverts_and_ladj_matches_autograd(family, shape, layout):
-    seed = hash((family, shape)) % 1000
-    m = randomize(_family(family, shape, layout), seed).eval()
+@pytest.mark.parametrize(("family", "layout"), [(f, "auto") for f in FAMILIES]
+                         + [("realnvp", "vector"), ("glow", "vector")])
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from(FAMILY_SHAPES), transforms=st.integers(2, 4),
+       seed=st.integers(0, 2**16))
+def test_family_flow_inverts_and_ladj_matches_autograd(family, layout, shape, transforms, seed):
+    """Every family, image layouts included (multi-scale where H, W allow), in float64."""
+    assume(family != "ffjord" or math.prod(shape) <= 16)  # ODE solves at 1e-9: keep D small
+    torch.manual_seed(seed)
+    m = randomize(_family(family, shape, layout, transforms), seed).eval()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3, *shape, generator=g, dtype=torch.float64)
     check_round_trip_and_jacobian(m.flow().transform, x, f"{family}{shape}", atol=1e-7)
@@ -476,3 +511,36 @@ def test_families_broadcast_leading_batch_dims():
         lp = m.flow().log_prob(x)
         assert lp.shape == (2, 3), family
         assert torch.allclose(lp[1], m.flow().log_prob(x[1]), atol=1e-7), family
+
+
+# ---- training to quality ------------------------------------------------------------------------
+
+
+def _fit_moons(family, steps, lr=3e-3, **hp):
+    train, val, test = (ppgen.datasets.load("moons", s) for s in ("train", "val", "test"))
+    m = ppgen.build(family, train, **hp)
+    ppgen.fit(m, train, steps=steps, batch_size=256, lr=lr, progress=False, device="cpu",
+              val=val, eval_every=steps // 4, seed=0)
+    return ppgen.evaluate(m, test)
+
+
+def test_maf_short_fit_on_moons_reaches_half_a_nat():
+    """The moons density's entropy is about 0.26 nats; 600 steps of a small MAF get below 0.5."""
+    ev = _fit_moons("maf", 600, transforms=5, hidden=[64, 64])
+    assert ev.kind == "exact"
+    assert ev.nats < 0.5, str(ev)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_flow_fits_moons_below_half_a_nat(family):
+    hp, steps, lr = {"transforms": 5, "hidden": [64, 64]}, 2000, 3e-3
+    if family == "nice":  # volume-preserving couplings need more of them
+        hp, steps, lr = {"transforms": 8, "hidden": [128, 128]}, 3000, 1e-3
+    if family == "glow":
+        lr = 1e-3
+    if family == "ffjord":
+        hp = {"transforms": 1, "hidden": [64, 64, 64], "rtol": 1e-4, "atol": 1e-4}
+        steps = 1000
+    ev = _fit_moons(family, steps, lr=lr, **hp)
+    assert ev.nats < 0.5, f"{family}: {ev}"

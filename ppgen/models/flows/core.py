@@ -652,6 +652,7 @@ class AbstractFlow(AbstractGenerativeModel):
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Data-dependent initialization (ActNorm layers) on the first training batch."""
+        self._check_x(x)
         z, _ = self.data_transform(x.to(self._dtype()))
         self.flow.initialize(z)
 

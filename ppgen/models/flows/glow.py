@@ -7,7 +7,9 @@ One step of flow is
 
 with the actnorm initialized from the first training batch (``initialize`` hook, never re-run on
 resume). Images: squeeze, ``K`` steps, factor out half the channels, repeat; the last level keeps
-its channels. Vectors: ``transforms`` steps with an invertible linear map (LU) and MLP couplings.
+its channels. Vectors: ``transforms`` steps with an invertible linear map (LU) and MLP couplings;
+there the linear maps start at the identity rather than a random rotation (which scrambles the
+coupling split of a few features: about 0.3 nats worse on moons at equal steps).
 Sampling at a reduced temperature :math:`\tau < 1` draws :math:`z \sim \mathcal{N}(0, \tau^2 I)`.
 """
 
@@ -72,7 +74,7 @@ class Glow(AbstractFlow):
         layers = input_layers(cfg.event_shape, layout, cfg.standardize)
         if layout == "vector":
             for i in range(cfg.transforms):
-                layers += [ActNorm((d,)), InvertibleLinear((d,)),
+                layers += [ActNorm((d,)), InvertibleLinear((d,), init="identity"),
                            AffineCoupling(d, 0, cfg.hidden, i % 2, soft_clamp=cfg.soft_clamp)]
             return layers, (d,)
         counts = steps_per_scale(cfg.transforms, cfg.scales)

@@ -19,6 +19,7 @@ __all__ = [
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Size, Tensor, nn
@@ -389,10 +390,11 @@ class InvertibleLinear(LazyTransform):
         \log|\det W| = \textstyle\sum_i s_i \quad (\times HW \text{ for images})
 
     with :math:`P` a fixed permutation, :math:`L` unit lower triangular, :math:`U` strictly upper
-    triangular, :math:`\sigma` fixed signs. Initialized at a random rotation.
+    triangular, :math:`\sigma` fixed signs.
 
     Arguments:
         shape: the event shape, ``(D,)`` or ``(C, H, W)``.
+        init: ``"rotation"`` (a random orthogonal matrix, as in Glow) or ``"identity"``.
 
     References:
         Glow: Generative Flow with Invertible 1x1 Convolutions, arXiv:1807.03039, section 3.2.
@@ -403,11 +405,17 @@ class InvertibleLinear(LazyTransform):
     lower_mask: Tensor
     eye: Tensor
 
-    def __init__(self, shape: Sequence[int]) -> None:
+    def __init__(self, shape: Sequence[int],
+                 init: Literal["rotation", "identity"] = "rotation") -> None:
         super().__init__()
         pshape, self.event_dim, self.mult = _param_shape(shape)
         c = pshape[0]
-        q = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
+        if init == "rotation":
+            q = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
+        elif init == "identity":
+            q = torch.eye(c, dtype=torch.float64)
+        else:
+            raise ValueError(f"init must be 'rotation' or 'identity', got {init!r}")
         p, lower, upper = torch.linalg.lu(q)
         s = upper.diagonal()
         self.register_buffer("permutation", p.float())
