@@ -14,11 +14,13 @@ from typing import Any
 
 from ppgen.datasets.base import Dataset
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+from ppgen.models.gan import GAN
 from ppgen.models.independent import Independent
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
+    "gan": GAN,
 }
 
 

@@ -147,6 +147,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         :meth:`initialize` (data-dependent init, run once before the first training step),
         :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
+        :meth:`make_discriminator` (the critic adversarial training builds for an implicit model),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
         :attr:`conditional` (True when ``model``/``sample`` take ``context``: the trainer then
         passes the dataset's labels).
@@ -249,6 +250,16 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         inversion (NUTS) score data (Wu et al. 2017, arXiv:1611.04273). None for models whose
         ``"x"`` site has a real density."""
         return None
+
+    def make_discriminator(self) -> torch.nn.Module:
+        """A fresh discriminator (critic) for adversarial training of an implicit model: a
+        module mapping a batch ``(N, *event_shape)`` in the space of the ``"x"`` site to scores
+        ``(N,)``. The ``"adversarial"`` objective builds and owns it (so it lands in the training
+        checkpoint). Default: a LeakyReLU MLP (128, 128) on the flattened points."""
+        from ppgen.models.nets import MLP
+
+        net = MLP(self.config.num_dims, 1, (128, 128), torch.nn.LeakyReLU)
+        return torch.nn.Sequential(torch.nn.Flatten(), net, torch.nn.Flatten(0))
 
     def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
         """Data-dependent initialization, called once on the first training batch (never again
