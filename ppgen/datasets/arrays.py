@@ -1,0 +1,417 @@
+r"""User data: arrays and ``.npy`` / ``.npz`` / ``.csv`` files, validated at the edge.
+
+**Kind and levels** are taken from the arguments when given; otherwise they are inferred from
+the whole array (before any split, so every split agrees) by these documented rules, and any
+case the rules cannot decide is an error rather than a guess:
+
+- ``bool`` arrays are ``"binary"``;
+- floating-point arrays are ``"continuous"`` (even when every value happens to be an integer:
+  pass ``kind="discrete"`` to say otherwise);
+- integer arrays with values in ``0..1`` are ``"binary"``; with values in ``0..255`` they are
+  ``"discrete"`` with ``levels = max + 1``. The largest level present may be below the true
+  number of levels (8-bit images whose brightest pixel is 250 give 251 levels, not 256):
+  pass ``levels=`` to override;
+- integer arrays with negative values or values above 255 raise :class:`DataError`: pass
+  ``kind="continuous"``, or shift them to ``0..L-1`` and pass ``kind="discrete", levels=L``.
+
+``kind="discrete"`` without ``levels`` takes ``levels = max + 1``; ``levels=L`` without ``kind``
+means ``"discrete"`` (``"binary"`` for ``L = 2``).
+
+**Splits.** ``split="all"`` is the whole array. ``"train"``, ``"val"`` and ``"test"`` come from
+one fixed permutation ``numpy.random.RandomState(0).permutation(N)``: the last
+``N // 10`` points are test, the ``N // 10`` before them val, the rest train (so 80/10/10; at
+least 10 points are needed).
+
+**Files** (``ppgen.datasets.load(path, split)``):
+
+- ``.npy``: one array (``numpy.save``); pickled object arrays are refused.
+- ``.npz``: the data array is the one named by ``key=`` if given, else the only array in the
+  file, else the array named ``"x"``, else ``"data"``; integer class labels are read from
+  ``"labels"`` or ``"y"`` when present (shape ``(N,)``).
+- ``.csv``: comma-separated numbers, one point per row, UTF-8; a first row holding any
+  non-numeric cells only is a header and skipped. If every cell is an integer literal the array is
+  integer (the rules above apply), else float.
+
+Options may ride on the path after ``#`` (so they work from the command line too):
+``ppgen fit made --data "pixels.npy#kind=discrete,levels=256"``.
+
+Example:
+    >>> import numpy as np, ppgen
+    >>> ds = ppgen.datasets.from_array(np.random.RandomState(0).randint(0, 4, (50, 3)))
+    >>> ds.kind, ds.levels, ds.split, len(ds)
+    ('discrete', 4, 'all', 50)
+    >>> len(ppgen.datasets.from_array(np.zeros((50, 3)), split="test"))
+    5
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FILE_SUFFIXES",
+    "from_array",
+    "infer_kind",
+    "is_file_spec",
+    "load_file",
+    "parse_file_spec",
+    "split_indices",
+]
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppgen.datasets.base import SPLITS, Dataset
+from ppgen.datasets.validation import DataError
+
+FILE_SUFFIXES = (".npy", ".npz", ".csv")
+_MAX_INFERRED_LEVEL = 255
+_MAX_LEVELS = 2**24  # integers above this are not exact in float32
+_INT_LITERAL = re.compile(r"^[+-]?\d+$")
+
+
+def infer_kind(
+    array: np.ndarray, kind: str | None = None, levels: int | None = None, *, what: str = "data"
+) -> tuple[str, int | None]:
+    """Decide ``(kind, levels)`` of ``array`` by the rules in the module docstring.
+
+    Arguments:
+        array: the data, any shape.
+        kind: ``"binary"``, ``"discrete"``, ``"continuous"`` or None (infer).
+        levels: number of levels, or None (infer for discrete data).
+        what: how to name the data in error messages (a file path).
+
+    Returns:
+        ``(kind, levels)`` with ``levels`` None for continuous data and 2 for binary data.
+
+    Raises:
+        DataError: when the rules cannot decide, or the arguments contradict each other.
+    """
+    if kind not in (None, "binary", "discrete", "continuous"):
+        raise DataError(f"{what}: unknown kind {kind!r}; use binary, discrete or continuous")
+    if levels is not None and (
+        isinstance(levels, bool) or not isinstance(levels, int | np.integer)
+    ):
+        raise DataError(f"{what}: levels must be an int, got {levels!r}")
+    if levels is not None and not 2 <= levels <= _MAX_LEVELS:
+        raise DataError(f"{what}: levels must lie in 2..{_MAX_LEVELS}, got {levels}")
+    if kind == "continuous":
+        if levels is not None:
+            raise DataError(f"{what}: continuous data takes no levels (got levels={levels})")
+        return "continuous", None
+    if kind == "binary":
+        if levels not in (None, 2):
+            raise DataError(f"{what}: binary data has 2 levels, got levels={levels}")
+        return "binary", 2
+    if levels is not None:
+        return ("binary" if levels == 2 and kind is None else "discrete"), int(levels)
+    # kind is "discrete" (levels to infer) or None (everything to infer)
+    if array.dtype == np.bool_:
+        return ("binary", 2) if kind is None else ("discrete", 2)
+    is_int = np.issubdtype(array.dtype, np.integer)
+    if kind is None and not is_int:
+        return "continuous", None
+    finite = array[np.isfinite(array)] if not is_int else array
+    if finite.size == 0:
+        raise DataError(f"{what} holds no finite values; nothing to infer levels from")
+    lo, hi = finite.min(), finite.max()
+    if kind == "discrete":
+        if not is_int and not np.array_equal(finite, np.round(finite)):
+            raise DataError(
+                f"{what} is declared discrete but holds non-integer values; pass integers "
+                "0..levels-1, or kind='continuous'"
+            )
+        if lo < 0:
+            raise DataError(
+                f"{what} is declared discrete but holds negative values (min {lo:g}); "
+                "shift them to 0..L-1 and pass levels=L"
+            )
+        if hi + 1 > _MAX_LEVELS:
+            raise DataError(f"{what}: max value {hi:g} needs more than {_MAX_LEVELS} levels")
+        return "discrete", max(int(hi) + 1, 2)
+    if lo < 0 or hi > _MAX_INFERRED_LEVEL:
+        raise DataError(
+            f"{what}: integer data in [{lo}, {hi}] is ambiguous (the rules infer discrete levels "
+            f"only for 0..{_MAX_INFERRED_LEVEL}); pass kind='continuous', or shift the values "
+            "to 0..L-1 and pass kind='discrete', levels=L"
+        )
+    if hi <= 1:
+        return "binary", 2
+    return "discrete", int(hi) + 1
+
+
+def split_indices(n: int, split: str, *, what: str = "data") -> np.ndarray:
+    """Indices of ``split`` among ``n`` points (see the module docstring).
+
+    Arguments:
+        n: the number of points.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        what: how to name the data in error messages.
+
+    Returns:
+        An int64 index array; the three splits partition ``range(n)``.
+    """
+    if split == "all":
+        return np.arange(n)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {(*SPLITS, 'all')}")
+    if n < 10:
+        raise DataError(
+            f"{what} has {n} points, too few for a train/val/test split (needs >= 10); "
+            "use split='all'"
+        )
+    perm = np.random.RandomState(0).permutation(n)
+    n_hold = n // 10
+    n_train = n - 2 * n_hold
+    parts = {
+        "train": perm[:n_train],
+        "val": perm[n_train : n_train + n_hold],
+        "test": perm[n_train + n_hold :],
+    }
+    return parts[split]
+
+
+def from_array(
+    array: Any,
+    kind: str | None = None,
+    levels: int | None = None,
+    name: str = "array",
+    labels: Any | None = None,
+    split: str = "all",
+) -> Dataset:
+    """A :class:`~ppgen.datasets.Dataset` from a user's array.
+
+    Arguments:
+        array: array-like of shape ``(N, *event_shape)`` (at least 2-D: use ``x[:, None]`` for
+            N scalars); numpy array, torch tensor or nested lists.
+        kind: ``"binary"``, ``"discrete"``, ``"continuous"``, or None to infer it (module
+            docstring).
+        levels: the number of levels of discrete data, or None to infer ``max + 1``.
+        name: the dataset's name (shown in errors and reports).
+        labels: optional integer class labels, shape ``(N,)`` (for conditional models).
+        split: ``"all"`` or one of the fixed ``"train"``/``"val"``/``"test"`` splits.
+
+    Returns:
+        The validated dataset (data as float32).
+
+    Shapes:
+        ``array``: ``(N, *event_shape)``; ``labels``: ``(N,)``.
+
+    Raises:
+        DataError: for empty, non-numeric, non-finite, wrongly shaped or out-of-range data, or
+            a kind the rules cannot infer.
+    """
+    x = _as_numpy(array, name)
+    if x.ndim < 2:
+        raise DataError(
+            f"{name} has shape {x.shape}; data needs a batch dim and at least one event dim, "
+            "e.g. (N, D): use x[:, None] for N scalars"
+        )
+    if x.shape[0] == 0 or x.size == 0:
+        raise DataError(f"{name} is empty (shape {x.shape}); pass at least one example")
+    if not (
+        x.dtype == np.bool_
+        or np.issubdtype(x.dtype, np.integer)
+        or np.issubdtype(x.dtype, np.floating)
+    ):
+        raise DataError(
+            f"{name} has dtype {x.dtype}; convert it to a real float, integer or bool array"
+        )
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise DataError(
+                f"{name} holds {bad} non-finite value(s) (NaN or inf); remove or impute them"
+            )
+        if np.abs(x).max() > np.finfo(np.float32).max:
+            raise DataError(f"{name} holds values beyond the float32 range; rescale the data")
+    kind, levels = infer_kind(x, kind, levels, what=name)
+    y = None
+    if labels is not None:
+        y_np = _as_numpy(labels, f"{name} labels")
+        if y_np.shape != (x.shape[0],) or not np.issubdtype(y_np.dtype, np.integer):
+            raise DataError(
+                f"{name}: labels must be integers of shape ({x.shape[0]},), got dtype "
+                f"{y_np.dtype} and shape {y_np.shape}"
+            )
+        y = torch.as_tensor(y_np, dtype=torch.long)
+    idx = split_indices(x.shape[0], split, what=name)
+    data = torch.as_tensor(np.ascontiguousarray(x[idx]).astype(np.float32))
+    return Dataset(name, data, kind, levels, split, labels=None if y is None else y[idx])
+
+
+def _as_numpy(array: Any, name: str) -> np.ndarray:
+    if torch.is_tensor(array):
+        return array.detach().cpu().numpy()
+    try:
+        return np.asarray(array)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{name} is not a rectangular numeric array ({e})") from None
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+
+def is_file_spec(name: str | Path) -> bool:
+    """True when ``name`` names a user file (by suffix, before any ``#options``)."""
+    path = str(name).split("#", 1)[0]
+    return path.lower().endswith(FILE_SUFFIXES)
+
+
+def parse_file_spec(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options."""
+    text = str(spec)
+    path, _, opts = text.partition("#")
+    options: dict[str, Any] = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        k, eq, v = item.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or k not in ("kind", "levels", "key"):
+            raise DataError(
+                f"{text}: cannot read option {item!r}; options are kind=..., levels=..., key=..."
+            )
+        if k == "levels":
+            try:
+                options[k] = int(v)
+            except ValueError:
+                raise DataError(f"{text}: levels must be an integer, got {v!r}") from None
+        else:
+            options[k] = v
+    return Path(path), options
+
+
+def load_file(
+    path: str | Path,
+    split: str = "all",
+    *,
+    kind: str | None = None,
+    levels: int | None = None,
+    key: str | None = None,
+) -> Dataset:
+    """Load a ``.npy``, ``.npz`` or ``.csv`` file as a dataset (rules in the module docstring).
+
+    Arguments:
+        path: the file; options may follow a ``#`` (``"x.npy#kind=discrete,levels=256"``).
+        split: ``"all"``, ``"train"``, ``"val"`` or ``"test"``.
+        kind: overrides the inferred kind.
+        levels: overrides the inferred levels.
+        key: the array to read from a ``.npz`` file.
+
+    Returns:
+        The dataset, named by the path.
+
+    Raises:
+        DataError: naming the file and the fix, for a missing, unreadable, empty, non-finite or
+            wrongly shaped file.
+    """
+    file, options = parse_file_spec(path)
+    kind = kind if kind is not None else options.get("kind")
+    levels = levels if levels is not None else options.get("levels")
+    key = key if key is not None else options.get("key")
+    what = str(file)
+    suffix = file.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DataError(f"{what}: unsupported file type {suffix!r}; use one of {FILE_SUFFIXES}")
+    if not file.is_file():
+        raise DataError(f"{what}: no such file")
+    if key is not None and suffix != ".npz":
+        raise DataError(f"{what}: key= selects an array of a .npz file only")
+    labels = None
+    if suffix == ".npy":
+        array = _read_npy(file)
+    elif suffix == ".npz":
+        array, labels = _read_npz(file, key)
+    else:
+        array = _read_csv(file)
+    return from_array(array, kind=kind, levels=levels, name=what, labels=labels, split=split)
+
+
+def _read_npy(file: Path) -> np.ndarray:
+    try:
+        array = np.load(file, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError, OSError, EOFError... for bad files
+        raise DataError(
+            f"{file}: cannot read it as a .npy array ({type(e).__name__}: {e}); write it with "
+            "numpy.save(path, array) from a numeric array"
+        ) from None
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"{file}: holds no array; write it with numpy.save(path, array)")
+    return array
+
+
+def _read_npz(file: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except Exception as e:
+        raise DataError(
+            f"{file}: cannot read it as a .npz archive ({type(e).__name__}: {e}); write it "
+            "with numpy.savez(path, x=array)"
+        ) from None
+    if not arrays:
+        raise DataError(
+            f"{file}: the archive holds no arrays; write it with numpy.savez(path, x=...)"
+        )
+    if key is not None:
+        if key not in arrays:
+            raise DataError(f"{file}: no array {key!r}; the archive holds {sorted(arrays)}")
+        data_key = key
+    elif len(arrays) == 1:
+        data_key = next(iter(arrays))
+    elif "x" in arrays:
+        data_key = "x"
+    elif "data" in arrays:
+        data_key = "data"
+    else:
+        raise DataError(
+            f"{file}: holds arrays {sorted(arrays)} and none is named 'x' or 'data'; pass "
+            f"key=NAME (or append '#key=NAME' to the path)"
+        )
+    label_key = next((k for k in ("labels", "y") if k in arrays and k != data_key), None)
+    return arrays[data_key], None if label_key is None else arrays[label_key]
+
+
+def _read_csv(file: Path) -> np.ndarray:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{file}: not UTF-8 text ({e}); a .csv file must hold comma-separated numbers"
+        ) from None
+    rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text))]
+    rows = [r for r in rows if any(r)]  # blank lines
+    if rows and not any(_is_number(c) for c in rows[0]):
+        rows = rows[1:]  # a header: no cell of the first row is a number
+    if not rows:
+        raise DataError(f"{file}: no data rows; a .csv file holds one point per row")
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise DataError(
+                f"{file}: row {i + 1} of the data has {len(row)} columns, the first has {width}; "
+                "every row needs the same number of values"
+            )
+        for c in row:
+            if not _is_number(c):
+                raise DataError(
+                    f"{file}: data row {i + 1} holds {c!r}, not a number; fill in or remove it"
+                )
+    cells = [c for row in rows for c in row]
+    if all(_INT_LITERAL.match(c) for c in cells):
+        try:
+            return np.array(rows, dtype=np.int64)
+        except OverflowError:
+            pass  # integers beyond int64: read as floats
+    return np.array(rows, dtype=np.float64)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
