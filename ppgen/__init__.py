@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "analysis",
     "build",
     "checkpoint",
     "datasets",
@@ -21,12 +22,14 @@ __all__ = [
     "from_pyro",
     "inference",
     "load",
+    "metrics",
     "models",
     "save",
 ]
 
 from ppgen import checkpoint, datasets, inference, models
 from ppgen.checkpoint import load, save
+from ppgen.inference import analysis, metrics
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.trainer import fit
 from ppgen.models import build

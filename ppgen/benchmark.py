@@ -96,17 +96,27 @@ def _timed(fn: Any, repeats: int = 3) -> float:
 
 
 def _quality(samples: Tensor, test: Dataset, seed: int) -> dict[str, Any]:
+    """Sample quality of ``samples`` against the test split: Frechet distance and KID on
+    features (the fixed digits classifier for digits, raw points otherwise), k-NN
+    precision/recall/density/coverage. A metric that cannot run on these samples (non-finite
+    values) is recorded as nan with the reason, so one broken family does not stop the run."""
     from ppgen.inference import metrics
 
     x = samples.float().cpu()
     y = test.data.float()
     out: dict[str, Any] = {}
-    fd = metrics.frechet_distance(x, y)
-    out["fd"] = fd.value
-    kid = metrics.kid(x, y, seed=seed)
-    out["kid"] = kid.value
-    pr = metrics.precision_recall(x, y, k=5)
-    out["precision"], out["recall"] = pr.precision, pr.recall
+    try:
+        fd = metrics.frechet_distance(x, y)
+        out["fd"], out["fd_stderr"], out["features"] = fd.value, fd.stderr, fd.features
+        kid = metrics.kid(x, y, seed=seed)
+        out["kid"], out["kid_stderr"], out["kid_p_value"] = kid.value, kid.stderr, kid.p_value
+        pr = metrics.precision_recall(x, y, k=5)
+        out["precision"], out["recall"] = pr.precision, pr.recall
+        out["density"], out["coverage"] = pr.density, pr.coverage
+    except metrics.MetricError as e:
+        out["error"] = str(e)
+        for key in ("fd", "kid", "precision", "recall"):
+            out.setdefault(key, float("nan"))
     return out
 
 

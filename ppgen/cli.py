@@ -185,7 +185,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.metrics:
         from ppgen.inference import metrics
 
-        table = metrics.metrics_table(model, data, metrics=args.metrics, seed=args.seed)
+        table = metrics.metrics_table(
+            model, data, metrics=args.metrics, seed=args.seed, evaluation=ev
+        )
         result["metrics"] = table
         print(metrics.format_table(table))
     if args.json:
@@ -217,8 +219,17 @@ def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     name = args.data or config_a.get("data")
     if name is None:
         raise ValueError("pass --data")
-    result = analysis.compare(a, b, load_data(name, args.split), seed=args.seed)
+    result = analysis.compare(
+        a,
+        b,
+        load_data(name, args.split),
+        seed=args.seed,
+        allow_mixed_kinds=args.allow_mixed_kinds,
+        names=(args.run_a, args.run_b),
+    )
     print(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return 0
 
 
@@ -300,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default=None)
     c.add_argument("--split", default="test")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--allow-mixed-kinds",
+        action="store_true",
+        help="compare an exact likelihood with a bound or an estimate (labelled in the output)",
+    )
+    c.add_argument("--json", default=None, help="also write the comparison as JSON here")
     c.set_defaults(fn=cmd_compare)
 
     i = sub.add_parser("inspect", help="posteriors and latents of a latent-variable run")
