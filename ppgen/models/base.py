@@ -148,6 +148,8 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
         :meth:`make_discriminator` (the critic adversarial training builds for an implicit model),
+        :meth:`elbo_parts` (that bound split into a data term and KL terms, for beta/warm-up/
+        free bits; the default uses traces),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
         :attr:`conditional` (True when ``model``/``sample`` take ``context``: the trainer then
         passes the dataset's labels).
@@ -226,6 +228,39 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             x, context
         )
         return _per_example_log_weight(model_trace, guide_trace, x.shape[0])
+
+    def elbo_parts(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The per-example ELBO split into a data term and KL terms, for training objectives
+        that weight them (beta-VAE, KL warm-up, free bits).
+
+        Returns ``(log_lik, kl)`` with ``elbo = log_lik - kl.sum(-1)``: ``log_lik`` of shape
+        ``(N,)`` is the one-sample estimate of E_q[log p(x | z)] (every observed site), ``kl`` of
+        shape ``(N, G)`` holds G groups of KL(q || p) terms. The default builds them from one
+        pair of ``model``/``guide`` traces with one group per latent site (Monte Carlo
+        ``log q(z) - log p(z)``); families with a closed-form KL (the VAE's Gaussian posterior
+        and prior, one group per latent dimension) override it without traces.
+        """
+        from pyro import poutine
+
+        guide_trace = poutine.trace(self.guide).get_trace(x, context)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+            x, context
+        )
+        n = x.shape[0]
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        log_lik = x.new_zeros(n)
+        kl = []
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            lp = _spread(site["log_prob"], n)
+            if site["is_observed"]:
+                log_lik = log_lik + lp
+            elif name in guide_trace.nodes:
+                kl.append(_spread(guide_trace.nodes[name]["log_prob"], n) - lp)
+        kl_terms = torch.stack(kl, -1) if kl else x.new_zeros(n, 0)
+        return log_lik, kl_terms
 
     # ---- hooks --------------------------------------------------------------------------------
 
@@ -307,6 +342,14 @@ def _per_example_log_weight(model_trace: Any, guide_trace: Any, n: int) -> Tenso
                 total = total + sign * lp.reshape(-1, n).sum(0)
     assert total is not None, "the traces hold no sample site"
     return total
+
+
+def _spread(lp: Tensor, n: int) -> Tensor:
+    """A site's log-density as one value per example, ``(N,)``: summed over other plates, or
+    spread evenly over the N examples for a site outside the data plate."""
+    if lp.dim() == 0 or lp.shape[-1] != n:
+        return lp.sum().expand(n) / n
+    return lp.reshape(-1, n).sum(0)
 
 
 class ExplicitDensity(dist.TorchDistribution):
