@@ -330,7 +330,8 @@ def evaluate(
         batch_size: examples per forward pass.
         seed: seeds torch so a stochastic estimator is reproducible.
         context: context rows for a conditional model when ``data`` is a tensor.
-        **options: estimator-specific options (e.g. AIS's ``num_steps``), passed through.
+        **options: estimator-specific options (e.g. AIS's ``num_steps``), passed through; the
+            family's ``estimator_defaults(name)`` fill the ones not given.
 
     Returns:
         An :class:`Evaluation` with per-example values, kind, estimator and units.
@@ -351,6 +352,10 @@ def evaluate(
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
     fn = ESTIMATORS[name]
+    options = {**model.estimator_defaults(name), **options}  # the caller's options win
+    if num_particles is None:
+        num_particles = options.pop("num_particles", None)
+    options.pop("num_particles", None)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.get_default_dtype()

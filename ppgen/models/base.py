@@ -148,6 +148,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
         :meth:`make_discriminator` (the critic adversarial training builds for an implicit model),
+        :meth:`estimator_defaults` (options a family wants for an estimator, e.g. AIS steps),
         :meth:`elbo_parts` (that bound split into a data term and KL terms, for beta/warm-up/
         free bits; the default uses traces),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
@@ -299,6 +300,12 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
         """Data-dependent initialization, called once on the first training batch (never again
         on resume). Default: nothing."""
+
+    def estimator_defaults(self, estimator: str) -> dict[str, Any]:
+        """Options this family wants for likelihood estimator ``estimator`` when the caller of
+        ``ppgen.evaluate`` does not set them (e.g. a GAN's AIS schedule length); the caller's
+        explicit options win. Default: none."""
+        return {}
 
     def fit_defaults(self) -> dict[str, Any]:
         """Trainer keyword defaults this family wants (e.g. ``{"ema": 0.999}``); the user's
