@@ -24,6 +24,7 @@ __all__ = [
     "load",
     "metrics",
     "models",
+    "posterior",
     "save",
 ]
 
@@ -31,6 +32,7 @@ from ppgen import checkpoint, datasets, inference, models
 from ppgen.checkpoint import load, save
 from ppgen.inference import analysis, metrics
 from ppgen.inference.likelihood import evaluate
+from ppgen.inference.posterior import posterior
 from ppgen.inference.trainer import fit
 from ppgen.models import build
 from ppgen.models.custom import from_pyro

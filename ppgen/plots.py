@@ -5,7 +5,7 @@ Every function returns the ``Figure`` and, given ``path``, writes a PNG there.
 
 from __future__ import annotations
 
-__all__ = ["sample_grid", "training_curve"]
+__all__ = ["latent_grid", "latent_scatter", "posterior_pair", "sample_grid", "training_curve"]
 
 import math
 import os
@@ -74,6 +74,132 @@ def sample_grid(
                 img = x[i].permute(1, 2, 0)
                 img = img[..., 0] if img.shape[-1] == 1 else (img / max(vmax, 1e-8)).clamp(0, 1)
                 ax.imshow(img, cmap="gray_r", vmin=0, vmax=vmax if img.dim() == 2 else None)
+        fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+# ---- posteriors and latents (ppgen.inference.posterior.inspect) -------------------------------
+
+
+def posterior_pair(
+    draws: dict[str, Any],
+    dim_names: list[str],
+    path: str | os.PathLike | None = None,
+    max_dims: int = 4,
+    title: str | None = None,
+) -> Figure:
+    """A pair plot of posterior draws: marginal histograms on the diagonal, scatter below.
+
+    Arguments:
+        draws: label -> array ``(S, D)`` (e.g. ``{"nuts": ..., "guide": ...}``), overlaid.
+        dim_names: the D coordinate names.
+        max_dims: at most this many leading coordinates are drawn.
+    """
+    import numpy as np
+
+    d = min(len(dim_names), max_dims)
+    fig, axes = plt.subplots(d, d, figsize=(2.2 * d + 0.6, 2.2 * d + 0.4), squeeze=False)
+    colours = ["C0", "C1", "C2", "C3"]
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            for (label, v), colour in zip(draws.items(), colours, strict=False):
+                v = np.asarray(v)
+                if i == j:
+                    ax.hist(v[:, i], bins=30, density=True, alpha=0.45, color=colour, label=label)
+                else:
+                    ax.scatter(v[:, j], v[:, i], s=3, alpha=0.3, color=colour, label=label)
+            if i == d - 1:
+                ax.set_xlabel(dim_names[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(dim_names[i])
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def latent_scatter(
+    codes: Any,
+    labels: Any | None = None,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """2-D latent codes ``(N, 2)`` as a scatter, coloured by integer label when given."""
+    import numpy as np
+
+    codes = np.asarray(codes)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    if labels is None:
+        ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.6)
+    else:
+        sc = ax.scatter(codes[:, 0], codes[:, 1], c=np.asarray(labels), cmap="tab10", s=4,
+                        alpha=0.7)
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _finish(fig, path)
+
+
+def latent_grid(
+    rows: Tensor,
+    path: str | os.PathLike | None = None,
+    levels: int | None = None,
+    row_labels: list[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Decoded points ``(R, C, *event_shape)``: one row per traversal/interpolation.
+
+    Images (``(C, H, W)`` events or square vectors) are drawn as an R x C grid; 2-D points as
+    one path per row in the data plane; other vectors as one line plot per row.
+    """
+    rows = rows.detach().float().cpu().numpy()
+    r, c = rows.shape[:2]
+    event = tuple(rows.shape[2:])
+    if event == (2,):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        for i in range(r):
+            label = row_labels[i] if row_labels else None
+            ax.plot(rows[i, :, 0], rows[i, :, 1], "o-", ms=3, lw=1, label=label)
+        ax.legend(frameon=False, fontsize=7)
+        ax.set_aspect("equal")
+    else:
+        if len(event) == 1:
+            side = int(math.isqrt(event[0]))
+            if side * side != event[0]:
+                fig, axes = plt.subplots(r, 1, figsize=(6, 1.2 * r), squeeze=False)
+                for i in range(r):
+                    for j in range(c):
+                        colour = plt.cm.viridis(j / max(c - 1, 1))
+                        axes[i, 0].plot(rows[i, j], lw=0.8, color=colour)
+                    if row_labels:
+                        axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+                if title:
+                    fig.suptitle(title)
+                return _finish(fig, path)
+            rows = rows.reshape(r, c, 1, side, side)
+        vmax = (levels - 1) if levels else float(rows.max())
+        fig, axes = plt.subplots(r, c, figsize=(c * 0.8 + 0.6, r * 0.8 + 0.4), squeeze=False)
+        for i in range(r):
+            for j in range(c):
+                ax = axes[i, j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                img = rows[i, j].transpose(1, 2, 0)
+                if img.shape[-1] == 1:
+                    ax.imshow(img[..., 0], cmap="gray_r", vmin=0, vmax=vmax)
+                else:
+                    ax.imshow((img / max(vmax, 1e-8)).clip(0, 1))
+                if j == 0 and row_labels:
+                    ax.set_ylabel(row_labels[i], fontsize=7)
         fig.subplots_adjust(wspace=0.05, hspace=0.05)
     if title:
         fig.suptitle(title)

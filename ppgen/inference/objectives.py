@@ -11,9 +11,11 @@ param store.
 from __future__ import annotations
 
 __all__ = [
+    "ELBO",
     "AbstractObjective",
     "Adversarial",
     "MaximumLikelihood",
+    "Renyi",
     "make_objective",
     "objective_names",
     "register_objective",
@@ -22,11 +24,13 @@ __all__ = [
 import abc
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from ppgen.models.base import AbstractGenerativeModel
@@ -398,3 +402,286 @@ def make_objective(name: str, model: AbstractGenerativeModel, **options: Any) ->
     if name not in _OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {objective_names()}")
     return _OBJECTIVES[name](model, **options)
+
+
+# ---- variational objectives (SVI) ---------------------------------------------------------------
+
+# Pyro ELBOs by name (the class name, or a short alias).
+_PYRO_ELBOS = {
+    "trace": "Trace_ELBO",
+    "mean_field": "TraceMeanField_ELBO",
+    "tracegraph": "TraceGraph_ELBO",
+    "renyi": "RenyiELBO",
+    "jit_trace": "JitTrace_ELBO",
+    "jit_mean_field": "JitTraceMeanField_ELBO",
+}
+_ELBO_NAMES = ("model", *sorted(set(_PYRO_ELBOS.values())), *sorted(_PYRO_ELBOS))
+
+
+class _ScaleLatents(Messenger):
+    """Multiplies the log-density of every latent (unobserved) site by ``factor``: applied to
+    both model and guide it turns the ELBO into E[log p(x|z)] - factor * KL (beta-VAE)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.factor
+
+
+def _scaled(fn: Any, factor: float) -> Any:
+    if factor == 1.0:
+        return fn
+
+    def scaled(*args: Any, **kwargs: Any) -> Any:
+        with _ScaleLatents(factor):
+            return fn(*args, **kwargs)
+
+    return scaled
+
+
+class ELBO(AbstractObjective):
+    r"""Stochastic variational inference: maximize a lower bound on log p(x) per example.
+
+    .. math:: \mathcal L_\beta(x) = \mathbb E_q[\log p(x \mid z)]
+        - \beta\, \sum_g \max\big(\lambda, \mathrm{KL}_g\big)
+
+    (beta-VAE weight :math:`\beta`, linearly warmed up from 0 over ``warmup`` steps; free bits
+    :math:`\lambda` per KL group, Kingma et al. 2016, arXiv:1606.04934, applied to the batch mean
+    of each group). With ``beta=1`` and no free bits it is the plain ELBO.
+
+    ``elbo`` picks the estimator:
+
+    - ``"model"`` (default): the model's own :meth:`~ppgen.models.base.AbstractGenerativeModel.
+      elbo_parts` hook: a closed-form KL without Pyro traces for the VAE (the cheap path), one
+      pair of traces for any other bound model;
+    - a Pyro ELBO by name, through ``differentiable_loss`` and plain torch optimizers:
+      ``Trace_ELBO``, ``TraceMeanField_ELBO`` (analytic KL where Pyro knows it),
+      ``TraceGraph_ELBO`` (Rao-Blackwellized score-function terms for discrete latents),
+      ``JitTrace_ELBO``, ``JitTraceMeanField_ELBO`` (or their aliases ``trace``, ``mean_field``,
+      ``tracegraph``, ``jit_trace``, ``jit_mean_field``); beta and warm-up scale the latent sites;
+    - ``"RenyiELBO"`` (``"renyi"``): the Renyi bound of Li & Turner (2016, arXiv:1602.02311)
+      :math:`\frac{1}{1-\alpha} \log \frac1K \sum_k w_k^{1-\alpha}` **per example** over
+      ``num_particles`` vectorized particles; ``alpha=0`` is the IWAE objective of Burda et al.
+      (2016). (Pyro's ``RenyiELBO`` pools the weights of the whole batch before the log-mean-exp,
+      a bound on log p of the batch, and has no ``differentiable_loss``; this one is per example.)
+
+    All estimators have the same gradient in expectation for ``beta=1`` (the tests check it).
+    Losses are in nats per example.
+
+    Arguments:
+        model: a model with ``likelihood = "bound"``.
+        elbo: the estimator, as above.
+        num_particles: samples per example (averaged; vectorized for Pyro and Renyi ELBOs).
+        alpha: the Renyi order (``elbo="RenyiELBO"`` only).
+        beta: the KL weight.
+        warmup: warm-up steps (0: none).
+        free_bits: the free-bits floor in nats per KL group (``elbo="model"`` only).
+    """
+
+    name = "elbo"
+
+    def __init__(
+        self,
+        model: AbstractGenerativeModel,
+        elbo: str = "model",
+        num_particles: int = 1,
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        warmup: int = 0,
+        free_bits: float = 0.0,
+        **options: Any,
+    ) -> None:
+        if model.likelihood != "bound":
+            raise ValueError(
+                f"the '{self.name}' objective needs a model with a guide (likelihood='bound'); "
+                f"{type(model).__name__} declares likelihood={model.likelihood!r} (its default "
+                f"objective is {model.default_objective!r})"
+            )
+        if elbo not in _ELBO_NAMES:
+            raise ValueError(f"unknown ELBO {elbo!r}; known: {list(_ELBO_NAMES)}")
+        elbo = _PYRO_ELBOS.get(elbo, elbo)
+        if num_particles < 1 or beta < 0 or warmup < 0 or free_bits < 0:
+            raise ValueError(
+                "num_particles must be positive; beta, warmup and free_bits non-negative"
+            )
+        if free_bits > 0 and elbo != "model":
+            raise ValueError(
+                "free bits need the per-group KL terms of the model's elbo_parts; use "
+                "elbo='model'"
+            )
+        if elbo == "RenyiELBO" and (beta != 1.0 or warmup):
+            raise ValueError("the Renyi bound has no KL term to weight: use beta=1, warmup=0")
+        if alpha != 0.0 and elbo != "RenyiELBO":
+            raise ValueError("alpha is the order of the Renyi bound: pass elbo='RenyiELBO'")
+        super().__init__(model, elbo=elbo, num_particles=num_particles, alpha=alpha, beta=beta,
+                         warmup=warmup, free_bits=free_bits, **options)
+        self.elbo, self.num_particles, self.alpha = elbo, num_particles, alpha
+        self.beta, self.warmup, self.free_bits = beta, warmup, free_bits
+        self._pyro_elbo: Any = None
+        self._nesting: int | None = None
+        self._jit_fns: Any = None
+        if elbo.startswith("Jit") and warmup:
+            raise ValueError("a jitted ELBO compiles a fixed beta: use warmup=0 (or Trace_ELBO)")
+        if elbo not in ("model", "RenyiELBO"):
+            import pyro.infer
+
+            cls = getattr(pyro.infer, elbo)
+            kwargs: dict[str, Any] = {"num_particles": num_particles,
+                                      "vectorize_particles": num_particles > 1}
+            if elbo.startswith("Jit"):
+                kwargs["ignore_jit_warnings"] = True
+            self._pyro_elbo = cls(**kwargs)
+
+    def beta_at(self, step: int) -> float:
+        """The KL weight at ``step`` (linear warm-up from 0 to ``beta``)."""
+        if self.warmup and step < self.warmup:
+            return self.beta * step / self.warmup
+        return self.beta
+
+    def loss(
+        self,
+        model: AbstractGenerativeModel,
+        x: Tensor,
+        context: Tensor | None,
+        group: str,
+        step: int,
+    ) -> Tensor:
+        beta = self.beta_at(step)
+        if self.elbo == "model":
+            total = x.new_zeros(())
+            for _ in range(self.num_particles):
+                log_lik, kl = model.elbo_parts(x, context)
+                if self.free_bits > 0:
+                    kl_term = kl.mean(0).clamp(min=self.free_bits).sum()
+                else:
+                    kl_term = kl.sum(-1).mean()
+                total = total - (log_lik.mean() - beta * kl_term)
+            return total / self.num_particles
+        if self.elbo == "RenyiELBO":
+            return -self._renyi(model, x, context).mean()
+        if self.elbo.startswith("Jit"):
+            return self._jit_loss(model, x, context)
+        fn = getattr(self._pyro_elbo, "differentiable_loss", None)
+        model_fn, guide_fn = _scaled(model.model, beta), _scaled(model.guide, beta)
+        if fn is not None:
+            return fn(model_fn, guide_fn, x, context) / x.shape[0]
+        # TraceGraph_ELBO has no differentiable_loss: its surrogate carries the gradient (its
+        # ELBO value is still attached to the graph, so only its value is kept)
+        elbo, surrogate = self._pyro_elbo._loss_and_surrogate_loss(
+            model_fn, guide_fn, (x, context), {}
+        )
+        return (surrogate + (-elbo - surrogate).detach()) / x.shape[0]
+
+    def _jit_loss(
+        self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """A jitted Pyro ELBO with module-local parameters.
+
+        Pyro's JIT feeds parameters to the compiled trace by name from the global param store.
+        ppgen keeps parameters in modules, so each call lends the model's parameters (the same
+        tensors) to a temporary param-store scope, restored on exit: nothing leaks into the
+        user's global store, and gradients land on the module's parameters.
+        """
+        import pyro
+        from pyro import poutine
+        from torch.distributions import constraints
+
+        args = (x,) if context is None else (x, context)
+        if self._jit_fns is None:
+            model_fn, guide_fn = _scaled(model.model, self.beta), _scaled(model.guide, self.beta)
+            with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as tr:
+                guide_fn(*args)
+                model_fn(*args)
+            named = {
+                name: (site["value"].unconstrained() if hasattr(site["value"], "unconstrained")
+                       else site["value"])
+                for name, site in tr.trace.nodes.items()
+                if site["type"] == "param"
+            }
+            self._jit_fns = (model_fn, guide_fn, named)
+        model_fn, guide_fn, named = self._jit_fns
+        store = pyro.get_param_store()
+        with store.scope():
+            for name, param in named.items():
+                store._params[name] = param
+                store._param_to_name[param] = name
+                store._constraints[name] = constraints.real
+            with warnings.catch_warnings():
+                # torch 2.x deprecates the torch.jit.trace that Pyro's JIT ELBOs are built on
+                warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
+                                        DeprecationWarning)
+                if self.elbo == "JitTrace_ELBO":
+                    # Pyro 1.9's JitTrace_ELBO.differentiable_loss adds the surrogate's gradient
+                    # to a loss that is itself still attached (twice the gradient); keep only
+                    # the surrogate's gradient, as Trace_ELBO does
+                    value, surrogate = self._pyro_elbo.loss_and_surrogate_loss(
+                        model_fn, guide_fn, *args
+                    )
+                    loss = surrogate + (value - surrogate).detach()
+                else:
+                    jit = self._pyro_elbo
+                    if getattr(jit, "_differentiable_loss", None) is not None:
+                        # Pyro 1.9's JitTraceMeanField_ELBO tests a different attribute than
+                        # the one it caches its compiled loss in, and so recompiles at every
+                        # call; point the tested one at the cache
+                        jit._loss_and_surrogate_loss = jit._differentiable_loss
+                    loss = jit.differentiable_loss(model_fn, guide_fn, *args)
+        return loss / x.shape[0]
+
+    def _renyi(
+        self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """The per-example Renyi bound, ``(N,)``."""
+        from ppgen.inference.likelihood import _probe, importance_log_weights
+
+        if self._nesting is None:
+            _, gt, self._nesting = _probe(model.model, model.guide, x, context)
+            assert gt is not None
+            from pyro.poutine.util import site_is_subsample
+
+            for name, site in gt.nodes.items():
+                if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                    continue
+                if not getattr(site["fn"], "has_rsample", False):
+                    raise ValueError(
+                        f"the Renyi bound needs reparameterized guide sites; {name!r} is not: "
+                        "use elbo='TraceGraph_ELBO'"
+                    )
+        log_w = importance_log_weights(model.model, model.guide, x, context,
+                                       self.num_particles, self._nesting)  # (K, N)
+        k = math.log(self.num_particles)
+        if self.alpha == 1.0:
+            return log_w.mean(0)
+        a = 1.0 - self.alpha
+        return (torch.logsumexp(a * log_w, 0) - k) / a
+
+    def validation_loss(
+        self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """The plain negative ELBO (beta = 1, no free bits), nats per example."""
+        return -model.elbo(x, context).mean()
+
+
+class Renyi(ELBO):
+    """The Renyi bound by objective name (``--objective renyi --objective.alpha=0`` trains the
+    IWAE objective); :class:`ELBO` with ``elbo="RenyiELBO"`` and 5 particles by default."""
+
+    name = "renyi"
+
+    def __init__(
+        self,
+        model: AbstractGenerativeModel,
+        num_particles: int = 5,
+        alpha: float = 0.0,
+        **options: Any,
+    ) -> None:
+        options.pop("elbo", None)
+        super().__init__(model, elbo="RenyiELBO", num_particles=num_particles, alpha=alpha,
+                         **options)
+
+
+register_objective(ELBO)
+register_objective(Renyi)

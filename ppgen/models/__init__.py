@@ -16,10 +16,12 @@ from ppgen.datasets.base import Dataset
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.gan import GAN
 from ppgen.models.independent import Independent
+from ppgen.models.vae import VAE
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
+    "vae": VAE,
     "gan": GAN,
 }
 

@@ -1,0 +1,516 @@
+r"""The variational autoencoder as a Pyro model/guide pair (Kingma & Welling 2014,
+arXiv:1312.6114; Rezende et al. 2014, arXiv:1401.4082).
+
+.. math::
+    z \sim p(z),\quad x \mid z \sim p_\theta(x \mid z),\qquad
+    q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \operatorname{diag}\sigma^2_\phi(x)),\\
+    \log p(x) \ge \mathbb E_q[\log p_\theta(x \mid z)] - \mathrm{KL}(q_\phi(z \mid x) \,\|\, p(z)).
+
+``model`` samples the prior at site ``"z"`` and observes the data at ``"x"`` under
+``pyro.plate("data", N)``; ``guide`` is the amortized encoder. Both broadcast over extra leading
+(particle) dims, so Pyro's ELBOs, ``Predictive``, ``MCMC(NUTS)`` and ppgen's IWAE/AIS estimators
+run on them unchanged. Training uses the ``"elbo"`` objective, which by default calls
+:meth:`VAE.elbo_parts` (closed-form KL, no traces) and can swap in any Pyro ELBO by name.
+
+The decoder matches the data: Bernoulli (binary), Binomial(levels - 1) or a categorical over the
+levels (discrete: an exact discrete likelihood, no dequantization), a discretized logistic mixture
+(Salimans et al. 2017, arXiv:1701.05517; images), a Gaussian with learned variance (continuous).
+"""
+
+from __future__ import annotations
+
+__all__ = ["VAE", "VAEConfig", "DiscretizedLogisticMixture"]
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.nets import MLP
+
+Decoder = Literal["auto", "bernoulli", "binomial", "categorical", "logistic_mixture", "gaussian"]
+_PARAMS = {"bernoulli": 1, "binomial": 1, "gaussian": 2}  # per dim; categorical/mixture below
+_MIN_SCALE = 1e-3  # floor of the Gaussian decoder's std, in units of the data's std
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VAEConfig(ModelConfig):
+    """Configuration of :class:`VAE`.
+
+    Arguments:
+        latent: the dimension of z.
+        hidden: hidden widths of the encoder (the decoder mirrors them); channel widths of the
+            stride-2 convolutions when ``net="conv"``.
+        net: ``"mlp"`` or ``"conv"`` (image-shaped data ``(C, H, W)``, H and W divisible by
+            ``2 ** len(hidden)``).
+        decoder: ``"auto"`` (bernoulli for binary, binomial for discrete, gaussian for
+            continuous data), or one of ``bernoulli``, ``binomial``, ``categorical``,
+            ``logistic_mixture`` (discrete/binary data) and ``gaussian`` (continuous data).
+        logistic_components: mixture components of the ``logistic_mixture`` decoder.
+        prior: ``"normal"`` (N(0, I)), ``"mixture"`` (a learned mixture of ``components``
+            diagonal Gaussians) or ``"flow"`` (a learned flow; needs ``ppgen.models.flows``).
+        components: components of the mixture prior.
+        posterior: ``"gaussian"`` (diagonal) or ``"iaf"`` (``transforms`` inverse autoregressive
+            steps; needs ``ppgen.models.flows``).
+        transforms: flow steps of an IAF posterior or a flow prior.
+        context_classes: the number of label classes of a conditional VAE (Sohn et al. 2015):
+            encoder and decoder see a one-hot label; None for an unconditional VAE.
+        beta: the KL weight (Higgins et al. 2017) the ``"elbo"`` objective trains with.
+        warmup: steps of linear KL warm-up from 0 to ``beta`` (Sonderby et al. 2016).
+        free_bits: the free-bits floor (nats per latent dimension) of Kingma et al. (2016).
+    """
+
+    latent: int = 16
+    hidden: tuple[int, ...] = (256, 256)
+    net: Literal["mlp", "conv"] = "mlp"
+    decoder: Decoder = "auto"
+    logistic_components: int = 5
+    prior: Literal["normal", "mixture", "flow"] = "normal"
+    components: int = 10
+    posterior: Literal["gaussian", "iaf"] = "gaussian"
+    transforms: int = 2
+    context_classes: int | None = None
+    beta: float = 1.0
+    warmup: int = 0
+    free_bits: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden, int):  # ``--model.hidden=256`` on the command line
+            object.__setattr__(self, "hidden", (self.hidden,))
+        super().__post_init__()
+
+
+class DiscretizedLogisticMixture(dist.TorchDistribution):
+    r"""A mixture of logistics discretized to ``levels`` integer levels, per dimension
+    (Salimans et al. 2017, arXiv:1701.05517, eq. 2): level :math:`l` maps to
+    :math:`v = 2l/(L-1) - 1` and gets the logistic mass of :math:`[v - \delta, v + \delta]`,
+    :math:`\delta = 1/(L-1)`, with the edge levels taking the tails, so the masses sum to one.
+
+    Arguments:
+        logits: ``(..., K)`` mixture logits.
+        loc: ``(..., K)`` component locations in [-1, 1] units.
+        log_scale: ``(..., K)`` component log-scales.
+        levels: L.
+
+    Shapes:
+        batch shape ``logits.shape[:-1]``, event shape ``()``.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    has_rsample = False
+
+    def __init__(
+        self, logits: Tensor, loc: Tensor, log_scale: Tensor, levels: int,
+        validate_args: bool | None = False,
+    ) -> None:
+        self.logits, self.loc, self.log_scale, self.levels = logits, loc, log_scale, levels
+        super().__init__(logits.shape[:-1], torch.Size(), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return constraints.integer_interval(0, self.levels - 1)
+
+    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DiscretizedLogisticMixture:
+        shape = torch.Size(batch_shape) + self.logits.shape[-1:]
+        return DiscretizedLogisticMixture(
+            self.logits.expand(shape), self.loc.expand(shape), self.log_scale.expand(shape),
+            self.levels,
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        half = 1.0 / (self.levels - 1)
+        v = (2 * half * value - 1).unsqueeze(-1)  # (..., 1) in [-1, 1]
+        inv_s = torch.exp(-self.log_scale)
+        plus, minus = inv_s * (v - self.loc + half), inv_s * (v - self.loc - half)
+        log_cdf_plus = F.logsigmoid(plus)  # the lowest level takes the left tail
+        log_sf_minus = F.logsigmoid(-minus)  # the highest level takes the right tail
+        # log(sigmoid(plus) - sigmoid(minus)), stable: logsigmoid(plus) + log(1 - e^(d)) with
+        # d = logsigmoid(minus) - logsigmoid(plus) < 0
+        d = (F.logsigmoid(minus) - log_cdf_plus).clamp(max=-1e-12)
+        log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)),
+                               torch.log1p(-torch.exp(d)))
+        log_mid = log_cdf_plus + log1mexp
+        level = value.unsqueeze(-1)
+        lp = torch.where(level <= 0, log_cdf_plus,
+                         torch.where(level >= self.levels - 1, log_sf_minus, log_mid))
+        return torch.logsumexp(lp + torch.log_softmax(self.logits, -1), -1)
+
+    @property
+    def mean(self) -> Tensor:
+        levels = torch.arange(self.levels, dtype=self.loc.dtype, device=self.loc.device)
+        shape = (self.levels,) + (1,) * len(self.batch_shape)
+        lp = self.log_prob(levels.reshape(shape).expand((self.levels, *self.batch_shape)))
+        return (lp.exp() * levels.reshape(shape)).sum(0)
+
+    def sample(self, sample_shape: torch.Size = torch.Size(),  # noqa: B008
+               generator: torch.Generator | None = None) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        k = self.logits.shape[-1]
+        probs = torch.softmax(self.logits, -1).expand(shape + (k,)).reshape(-1, k)
+        comp = torch.multinomial(probs, 1, generator=generator).reshape(shape + (1,))
+        loc = self.loc.expand(shape + (k,)).gather(-1, comp)[..., 0]
+        log_s = self.log_scale.expand(shape + (k,)).gather(-1, comp)[..., 0]
+        u = torch.rand(shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        u = u.clamp(1e-5, 1 - 1e-5)
+        v = (loc + log_s.exp() * (torch.log(u) - torch.log1p(-u))).clamp(-1, 1)
+        return torch.round((v + 1) / 2 * (self.levels - 1))
+
+
+class _LevelCategorical(dist.Categorical):
+    """A categorical over integer levels whose ``mean`` is the expected level (used by
+    latent traversals), not torch's undefined (NaN) categorical mean."""
+
+    @property
+    def mean(self) -> Tensor:
+        levels = torch.arange(self.logits.shape[-1], dtype=self.probs.dtype,
+                              device=self.probs.device)
+        return (self.probs * levels).sum(-1)
+
+
+class _ConvEncoder(nn.Module):
+    """Stride-2 4x4 convolutions (one per width), then a linear layer to ``out`` features."""
+
+    def __init__(self, event_shape: tuple[int, ...], widths: tuple[int, ...], extra: int,
+                 out: int) -> None:
+        super().__init__()
+        c, h, w = event_shape
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.ReLU()]
+            c = width
+        self.convs = nn.Sequential(*layers)
+        self.out = nn.Linear(c * (h >> len(widths)) * (w >> len(widths)) + extra, out)
+
+    def forward(self, x: Tensor, extra: Tensor | None) -> Tensor:
+        lead = x.shape[:-3]
+        h = self.convs(x.reshape(-1, *x.shape[-3:])).flatten(1)  # (prod(lead), features)
+        h = h.reshape(*lead, -1)
+        return self.out(h if extra is None else torch.cat([h, extra], -1))
+
+
+class _ConvDecoder(nn.Module):
+    """A linear layer to a coarse feature map, then stride-2 transposed convolutions back to
+    ``(C * params, H, W)`` (the encoder's mirror)."""
+
+    def __init__(self, event_shape: tuple[int, ...], widths: tuple[int, ...], inp: int,
+                 params: int) -> None:
+        super().__init__()
+        c, h, w = event_shape
+        self.coarse = (widths[-1], h >> len(widths), w >> len(widths))
+        self.inp = nn.Linear(inp, math.prod(self.coarse))
+        layers: list[nn.Module] = []
+        outs = [*reversed(widths[:-1]), c * params]
+        prev = widths[-1]
+        for i, width in enumerate(outs):
+            layers.append(nn.ConvTranspose2d(prev, width, 4, stride=2, padding=1))
+            if i < len(outs) - 1:
+                layers.append(nn.ReLU())
+            prev = width
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        h = F.relu(self.inp(z)).reshape(-1, *self.coarse)  # (prod(lead), C', H', W')
+        out = self.deconvs(h)
+        return out.reshape(*lead, *out.shape[1:])
+
+
+class VAE(AbstractGenerativeModel):
+    r"""A variational autoencoder: Pyro ``model`` (prior, decoder) and ``guide`` (encoder).
+
+    Likelihood: a **bound**. ``ppgen.evaluate`` reports IWAE-k (default k = 1000), a lower bound
+    on log p(x) of the data as given; discrete data get an exact discrete likelihood at ``"x"``.
+
+    References:
+        Kingma & Welling, Auto-Encoding Variational Bayes, arXiv:1312.6114.
+        Burda et al., Importance Weighted Autoencoders, arXiv:1509.00519.
+        Sohn et al., Learning Structured Output Representation using Deep Conditional
+        Generative Models, NeurIPS 2015 (the conditional VAE).
+
+    Example:
+        >>> import ppgen
+        >>> ds = ppgen.datasets.load("digits", "val")
+        >>> m = ppgen.build("vae", ds, latent=4, hidden=[32])
+        >>> m.sample(2, seed=0).shape
+        torch.Size([2, 1, 8, 8])
+        >>> m.elbo(ds.data[:3]).shape
+        torch.Size([3])
+    """
+
+    likelihood: ClassVar = "bound"
+    Config: ClassVar = VAEConfig
+    default_objective: ClassVar = "elbo"
+
+    def __init__(self, config: VAEConfig | None = None, **fields: object) -> None:
+        super().__init__(config, **fields)
+        cfg = self.config
+        self.decoder_kind = self._resolve_decoder(cfg)
+        if cfg.latent < 1:
+            raise ValueError(f"latent must be positive, got {cfg.latent}")
+        if cfg.beta < 0 or cfg.warmup < 0 or cfg.free_bits < 0:
+            raise ValueError("beta, warmup and free_bits must be non-negative")
+        if cfg.posterior == "iaf" or cfg.prior == "flow":
+            raise ValueError(
+                "posterior='iaf' and prior='flow' need the flow layers of ppgen.models.flows, "
+                "which this build does not have yet; use posterior='gaussian' and prior='normal'"
+                " or 'mixture'"
+            )
+        if cfg.posterior != "gaussian" or cfg.prior not in ("normal", "mixture"):
+            raise ValueError(f"unknown posterior {cfg.posterior!r} or prior {cfg.prior!r}")
+        d, latent = cfg.num_dims, cfg.latent
+        classes = cfg.context_classes or 0
+        self.params_per_dim = {
+            "categorical": cfg.levels or 0,
+            "logistic_mixture": 3 * cfg.logistic_components,
+        }.get(self.decoder_kind, _PARAMS.get(self.decoder_kind, 0))
+        p = self.params_per_dim
+        if cfg.net == "conv":
+            if len(cfg.event_shape) != 3 or not cfg.hidden:
+                raise ValueError("net='conv' needs image-shaped data (C, H, W) and hidden widths")
+            c, h, w = cfg.event_shape
+            if h % (1 << len(cfg.hidden)) or w % (1 << len(cfg.hidden)):
+                raise ValueError(
+                    f"net='conv' with {len(cfg.hidden)} stride-2 layers needs H and W divisible "
+                    f"by {1 << len(cfg.hidden)}, got {h}x{w}; use fewer hidden widths"
+                )
+            self.encoder = _ConvEncoder(cfg.event_shape, cfg.hidden, classes, 2 * latent)
+            self.decoder = _ConvDecoder(cfg.event_shape, cfg.hidden, latent + classes, p)
+        elif cfg.net == "mlp":
+            self.encoder = MLP(d + classes, 2 * latent, cfg.hidden)
+            self.decoder = MLP(latent + classes, d * p, tuple(reversed(cfg.hidden)))
+        else:
+            raise ValueError(f"net must be 'mlp' or 'conv', got {cfg.net!r}")
+        if cfg.prior == "mixture":
+            if cfg.components < 1:
+                raise ValueError(f"components must be positive, got {cfg.components}")
+            g = torch.Generator().manual_seed(0)
+            self.prior_logits = nn.Parameter(torch.zeros(cfg.components))
+            self.prior_loc = nn.Parameter(torch.randn(cfg.components, latent, generator=g))
+            self.prior_log_scale = nn.Parameter(torch.zeros(cfg.components, latent))
+        # constants as buffers, so .to(device/dtype) moves them: the input standardization
+        # (set from data by initialize() for continuous data) and the prior's zero mean
+        self.register_buffer("x_shift", torch.zeros(cfg.event_shape))
+        self.register_buffer("x_scale", torch.ones(cfg.event_shape))
+        self.register_buffer("zero", torch.zeros(latent))
+        if cfg.kind != "continuous":
+            assert cfg.levels is not None
+            self.x_scale.fill_(float(cfg.levels - 1))  # levels -> [0, 1] for the encoder
+
+    @staticmethod
+    def _resolve_decoder(cfg: VAEConfig) -> str:
+        if cfg.decoder == "auto":
+            return {"binary": "bernoulli", "discrete": "binomial"}.get(cfg.kind, "gaussian")
+        discrete = ("bernoulli", "binomial", "categorical", "logistic_mixture")
+        if cfg.decoder in discrete and cfg.kind == "continuous":
+            raise ValueError(
+                f"decoder={cfg.decoder!r} models discrete levels; continuous data need "
+                "decoder='gaussian'"
+            )
+        if cfg.decoder == "gaussian" and cfg.kind != "continuous":
+            raise ValueError(
+                "decoder='gaussian' would score discrete data with a density; use an exact "
+                "discrete decoder (binomial, categorical, logistic_mixture, or bernoulli for "
+                "binary data)"
+            )
+        if cfg.decoder == "bernoulli" and cfg.kind != "binary":
+            raise ValueError("decoder='bernoulli' needs binary data; use binomial/categorical")
+        if cfg.decoder not in (*discrete, "gaussian"):
+            raise ValueError(f"unknown decoder {cfg.decoder!r}")
+        return cfg.decoder
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.context_classes is not None
+
+    # ---- the pieces -------------------------------------------------------------------------
+
+    def _one_hot(self, context: Tensor | None, lead: torch.Size | None = None) -> Tensor | None:
+        if not self.conditional:
+            return None
+        if context is None:
+            raise ValueError("this VAE is conditional: pass context (integer labels, shape (N,))")
+        c = F.one_hot(context.long(), self.config.context_classes).to(self.zero.dtype)
+        return c if lead is None else c.expand(*lead, c.shape[-1])
+
+    def _check_context(self, context: Tensor | None, n: int) -> None:
+        if not self.conditional:
+            return
+        classes = self.config.context_classes
+        assert classes is not None
+        if context is None or context.shape != (n,):
+            raise ValueError(
+                f"this VAE is conditional: pass context, {n} integer labels of shape ({n},)"
+            )
+        if context.min() < 0 or context.max() >= classes:
+            raise ValueError(f"context labels must lie in 0..{classes - 1}")
+
+    def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The guide's mean and standard deviation, each ``(N, latent)``."""
+        inp = (x - self.x_shift) / self.x_scale
+        c = self._one_hot(context)
+        if self.config.net == "conv":
+            h = self.encoder(inp, c)
+        else:
+            flat = inp.flatten(-len(self.event_shape))
+            h = self.encoder(flat if c is None else torch.cat([flat, c], -1))
+        loc, raw = h.chunk(2, -1)
+        return loc, F.softplus(raw) + 1e-4
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+        """p(x | z) with event shape ``event_shape``; ``z`` may carry leading particle dims,
+        ``(..., N, latent)``."""
+        c = self._one_hot(context, z.shape[:-1])
+        inp = z if c is None else torch.cat([z, c], -1)
+        out = self.decoder(inp)
+        shape, p = self.event_shape, self.params_per_dim
+        if self.config.net == "conv":  # (..., C * p, H, W) -> (..., C, H, W, p)
+            out = out.unflatten(-3, (shape[0], p)).movedim(-3, -1)
+        else:  # (..., D * p) -> (..., *event, p)
+            out = out.unflatten(-1, (*shape, p))
+        return self._likelihood(out).to_event(len(shape))
+
+    def _likelihood(self, out: Tensor) -> dist.TorchDistribution:
+        kind, levels = self.decoder_kind, self.config.levels
+        if kind == "bernoulli":
+            return dist.Bernoulli(logits=out[..., 0], validate_args=False)
+        if kind == "binomial":
+            assert levels is not None
+            return dist.Binomial(levels - 1, logits=out[..., 0], validate_args=False)
+        if kind == "categorical":
+            return _LevelCategorical(logits=out, validate_args=False)
+        if kind == "logistic_mixture":
+            assert levels is not None
+            logits, loc, log_scale = out.chunk(3, -1)
+            return DiscretizedLogisticMixture(logits, torch.tanh(loc), log_scale.clamp(min=-7),
+                                              levels)
+        loc, raw = out[..., 0], out[..., 1]
+        scale = (F.softplus(raw) + _MIN_SCALE) * self.x_scale
+        return dist.Normal(self.x_shift + self.x_scale * loc, scale, validate_args=False)
+
+    def prior(self) -> dist.TorchDistribution:
+        """p(z), event shape ``(latent,)``."""
+        if self.config.prior == "mixture":
+            comp = dist.Normal(self.prior_loc, self.prior_log_scale.exp()).to_event(1)
+            return dist.MixtureSameFamily(dist.Categorical(logits=self.prior_logits), comp)
+        return dist.Normal(self.zero, 1.0, validate_args=False).to_event(1)
+
+    # ---- the Pyro programs ------------------------------------------------------------------
+
+    @pyro_program
+    def model(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        n = x.shape[0] if x is not None else (1 if context is None else context.shape[0])
+        with pyro.plate("data", n):
+            z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.decode(z, context), obs=x)
+
+    @pyro_program
+    def guide(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        if x is None:
+            raise ValueError("the guide q(z | x) needs data x")
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encode(x, context)
+            return pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+    # ---- the bound, trace-free ------------------------------------------------------------
+
+    def elbo_parts(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One-sample E_q[log p(x | z)] ``(N,)`` and the KL per latent dimension ``(N, latent)``
+        in closed form for the N(0, I) prior; a one-sample ``log q(z) - log p(z)`` ``(N, 1)``
+        for the mixture prior. The same random variables as the Pyro programs, without traces."""
+        loc, scale = self.encode(x, context)
+        z = loc + scale * torch.randn_like(loc)  # reparameterized draw of q(z | x)
+        log_lik = self.decode(z, context).log_prob(x)
+        if self.config.prior == "normal":
+            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1) - torch.log(scale)  # KL(N(m,s)||N(0,1))
+        else:
+            q = dist.Normal(loc, scale, validate_args=False).to_event(1)
+            kl = (q.log_prob(z) - self.prior().log_prob(z)).unsqueeze(-1)
+        return log_lik, kl
+
+    def elbo(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        log_lik, kl = self.elbo_parts(x, context)
+        return log_lik - kl.sum(-1)
+
+    # ---- sampling and hooks -------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        if n < 1:
+            raise ValueError(f"n must be positive, got {n}")
+        self._check_context(context, n)
+        if seed is not None:
+            generator = torch.Generator(device=self.zero.device).manual_seed(seed)
+        opts = {"generator": generator, "device": self.zero.device, "dtype": self.zero.dtype}
+        latent = self.config.latent
+        if self.config.prior == "mixture":
+            probs = torch.softmax(self.prior_logits, -1)
+            k = torch.multinomial(probs, n, replacement=True, generator=generator)
+            eps = torch.randn(n, latent, **opts)
+            z = self.prior_loc[k] + self.prior_log_scale[k].exp() * eps
+        else:
+            z = torch.randn(n, latent, **opts)
+        return self._draw(self.decode(z, context), generator)
+
+    def _draw(self, px: dist.TorchDistribution, generator: torch.Generator | None) -> Tensor:
+        """A draw of x from p(x | z), with ``generator`` (torch's samplers ignore one)."""
+        base = px.base_dist if isinstance(px, dist.Independent) else px
+        kind = self.decoder_kind
+        if kind == "bernoulli":
+            return torch.bernoulli(base.probs, generator=generator)
+        if kind == "binomial":
+            return torch.binomial(base.total_count.expand_as(base.probs), base.probs,
+                                  generator=generator)
+        if kind == "categorical":
+            probs = base.probs
+            flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+            return flat.reshape(probs.shape[:-1]).to(probs.dtype)
+        if kind == "logistic_mixture":
+            return base.sample(generator=generator)
+        eps = torch.randn(base.loc.shape, generator=generator, device=base.loc.device,
+                          dtype=base.loc.dtype)
+        return base.loc + base.scale * eps
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Standardize continuous inputs with the data's moments and start the decoder's
+        output bias at the data's per-dimension marginal (faster early training)."""
+        cfg = self.config
+        if cfg.kind == "continuous":
+            self.x_shift.copy_(x.mean(0))
+            self.x_scale.copy_(x.std(0).clamp_min(1e-3) if x.shape[0] > 1 else 1.0)
+            return
+        if cfg.net != "mlp" or self.decoder_kind not in ("bernoulli", "binomial"):
+            return
+        assert cfg.levels is not None
+        p = (x.mean(0) / (cfg.levels - 1)).clamp(1e-3, 1 - 1e-3).flatten()
+        last = self.decoder[-1]
+        assert isinstance(last, nn.Linear)
+        last.bias.copy_(torch.logit(p))
+
+    def fit_defaults(self) -> dict[str, Any]:
+        cfg = self.config
+        options = {k: v for k, v in (("beta", cfg.beta), ("warmup", cfg.warmup),
+                                     ("free_bits", cfg.free_bits))
+                   if v != {"beta": 1.0, "warmup": 0, "free_bits": 0.0}[k]}
+        return {"objective_options": options} if options else {}
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"latent={cfg.latent}, decoder={self.decoder_kind!r}, net={cfg.net!r}, "
+            f"prior={cfg.prior!r}, posterior={cfg.posterior!r}, " + super().extra_repr()
+        )
