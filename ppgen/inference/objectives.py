@@ -174,7 +174,7 @@ class Adversarial(AbstractObjective):
         >>> obj = ppgen.inference.make_objective("adversarial", gan, loss="hinge", n_critic=2)
         >>> [obj.schedule(s) for s in range(2)]
         [('discriminator',), ('discriminator', 'generator')]
-        >>> float(obj.loss(gan, ds.data[:64], None, "discriminator", 0)) > 0
+        >>> obj.loss(gan, ds.data[:64], None, "discriminator", 0).item() > 0
         True
     """
 

@@ -256,8 +256,8 @@ class GAN(AbstractGenerativeModel):
         >>> from pyro import poutine
         >>> ds = ppgen.datasets.load("moons", split="val")
         >>> gan = ppgen.build("gan", ds, latent=2, hidden=[32], objective="hinge")
-        >>> z = torch.zeros(3, 2)
-        >>> x = poutine.condition(gan.model, data={"z": z})()  # conditioning on z gives G(z)
+        >>> z = torch.randn(1, 2)  # model() draws one point; conditioning on z gives G(z)
+        >>> x = poutine.condition(gan.model, data={"z": z})()
         >>> torch.equal(x, gan.generate(z))
         True
         >>> gan.sample(4, seed=0).shape

@@ -18,14 +18,12 @@ from pyro.nn import PyroModule
 
 import ppgen
 from ppgen import checkpoint as ckpt
+from ppgen.datasets.toy import mixture_modes
 from ppgen.inference import likelihood
 from ppgen.inference.implicit import ImplicitSiteError, delta_location, observed_and_generated
+from ppgen.inference.metrics import mode_coverage
 from ppgen.inference.objectives import make_objective
 from ppgen.models.gan import GAN
-
-needs_ais = pytest.mark.skipif(
-    "ais" not in likelihood.ESTIMATORS, reason="needs the shared AIS estimator (branch vae)"
-)
 
 
 def _gan(event_shape=(2,), kind="continuous", levels=None, **kw):
@@ -346,7 +344,6 @@ def test_gan_never_reports_an_exact_likelihood():
     assert ev.kind == "estimate" and ev.estimator.startswith("parzen")
 
 
-@needs_ais
 @pytest.mark.parametrize("dataset", ["moons", "digits"])
 def test_evaluate_on_a_gan_is_an_ais_estimate(dataset):
     ds = ppgen.datasets.load(dataset, "val").subset(4)
@@ -368,7 +365,6 @@ def test_parzen_matches_its_closed_form_for_a_constant_generator():
     assert torch.allclose(got, want, atol=1e-10)
 
 
-@needs_ais
 def test_ais_on_a_linear_generator_matches_the_closed_form_marginal():
     """x = W z + b + s eps, z ~ N(0, I): p(x) = N(b, W W^T + s^2 I). Stated tolerance: with 64
     chains of 300 steps the per-point AIS error has a standard deviation of about 0.04 nats here
@@ -390,7 +386,6 @@ def test_ais_on_a_linear_generator_matches_the_closed_form_marginal():
 
 
 @pytest.mark.slow
-@needs_ais
 def test_ais_on_discrete_data_integrates_the_dequantization_noise():
     """Discrete data, a 1-D latent: P(v) = int N(z) prod_d [Phi((v_d + 1 - g_d)/s) -
     Phi((v_d - g_d)/s)] dz with g = L sigmoid(W z + b), computed by quadrature on a fine z-grid.
@@ -416,11 +411,12 @@ def test_ais_on_discrete_data_integrates_the_dequantization_noise():
 # ---- latent inversion ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(ppgen, "posterior"), reason="needs ppgen.posterior (branch vae)")
+@pytest.mark.slow
 def test_nuts_inverts_a_linear_generator():
     """p(z | x) for x = W z + b + s eps is N(m, C) with C = (I + W^T W / s^2)^-1 and
     m = C W^T (x - b) / s^2. NUTS's posterior mean must lie within 5 Monte Carlo standard errors
-    (from the exact posterior's sd and the reported effective sample size)."""
+    (from the exact posterior's sd and the reported effective sample size), and its sd within
+    25% of the exact one (the sd estimate's own error is about 1/sqrt(2 ESS), under 5% here)."""
     import arviz as az
 
     w = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.2, -1.1]], dtype=torch.float64)
@@ -435,29 +431,15 @@ def test_nuts_inverts_a_linear_generator():
     ess = torch.as_tensor(az.ess(idata, var_names=["z"])["z"].values).reshape(-1)
     se = cov.diagonal().sqrt() / ess.clamp_min(20).sqrt()
     assert ((draws.mean(0) - mean).abs() < 5 * se).all(), (draws.mean(0), mean, se)
+    ratio = draws.std(0) / cov.diagonal().sqrt()
+    assert ((ratio - 1).abs() < 0.25).all(), ratio
 
 
 # ---- mode coverage ------------------------------------------------------------------------------
 
 
-def _mode_coverage_available():
-    try:
-        from ppgen.inference.metrics import mode_coverage  # noqa: F401
-
-        from ppgen.datasets.toy import mixture_modes  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _mode_coverage_available(),
-                    reason="needs mixture_modes (branch ar) and mode_coverage (branch metrics)")
 def test_short_fit_on_8gaussians_covers_most_modes():
-    from ppgen.inference.metrics import mode_coverage
-
-    from ppgen.datasets.toy import mixture_modes
-
     train = ppgen.datasets.load("8gaussians", "train")
     m = ppgen.build("gan", train, hidden=[64, 64])
     ppgen.fit(m, train, steps=1500, batch_size=256, lr=2e-3, seed=0, progress=False,
