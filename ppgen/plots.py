@@ -5,10 +5,21 @@ Every function returns the ``Figure`` and, given ``path``, writes a PNG there.
 
 from __future__ import annotations
 
-__all__ = ["latent_grid", "latent_scatter", "posterior_pair", "sample_grid", "training_curve"]
+__all__ = [
+    "density_heatmap",
+    "hdr_calibration",
+    "latent_grid",
+    "latent_scatter",
+    "pit_histogram",
+    "posterior_pair",
+    "sample_grid",
+    "samples_vs_data",
+    "training_curve",
+]
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import matplotlib
@@ -203,4 +214,229 @@ def latent_grid(
         fig.subplots_adjust(wspace=0.05, hspace=0.05)
     if title:
         fig.suptitle(title)
+    return _finish(fig, path)
+
+
+# ---- analysis figures (ppgen.inference.analysis) ----------------------------------------------
+
+
+def hdr_calibration(
+    results: Any | Mapping[str, Any],
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The HDR calibration curve: share of data inside the alpha-HDR against alpha.
+
+    Arguments:
+        results: an ``HDRCoverage`` (from ``ppgen.analysis.hdr_coverage``) or a mapping
+            name -> ``HDRCoverage`` to draw several models on one plot.
+        path: where to write the PNG.
+        title: the figure title.
+
+    Returns:
+        The figure: the diagonal (perfect calibration) and each curve with +-2 standard-error
+        bars. Above the diagonal: the model is too broad; below: too narrow or missing modes.
+    """
+    curves = dict(results) if isinstance(results, Mapping) else {"model": results}
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="calibrated")
+    for name, r in curves.items():
+        ax.errorbar(
+            r.levels,
+            r.coverage,
+            yerr=[2 * s for s in r.stderr],
+            marker="o",
+            ms=3,
+            lw=1,
+            capsize=2,
+            label=f"{name} (KS p={r.p_value:.2g})",
+        )
+    ax.set_xlabel("HDR level alpha (model probability inside)")
+    ax.set_ylabel("share of data inside the alpha-HDR")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    ax.set_title(title or "HDR calibration")
+    return _finish(fig, path)
+
+
+def pit_histogram(
+    result: Any,
+    path: str | os.PathLike | None = None,
+    bins: int = 10,
+    max_dims: int = 8,
+) -> Figure:
+    """Histograms of the marginal PIT values (``ppgen.analysis.pit``), one panel per dimension.
+
+    The dashed line is the uniform count and the band its +-2 binomial standard errors. A U
+    shape: the marginal is too narrow; a hump: too wide; a slope: shifted.
+    """
+    counts = result.histogram(bins)[:max_dims]  # (D', bins)
+    n = int(result.values.shape[0])
+    dims = counts.shape[0]
+    ncol = min(dims, 4)
+    nrow = int(math.ceil(dims / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.4 * ncol, 2.0 * nrow), squeeze=False)
+    expected = n / bins
+    band = 2 * math.sqrt(n * (1 / bins) * (1 - 1 / bins))
+    edges = [i / bins for i in range(bins)]
+    for d, ax in enumerate(axes.flat):
+        if d >= dims:
+            ax.axis("off")
+            continue
+        ax.bar(edges, counts[d].tolist(), width=1 / bins, align="edge", color="C0", alpha=0.7)
+        ax.axhline(expected, color="0.3", ls="--", lw=1)
+        ax.axhspan(expected - band, expected + band, color="0.8", alpha=0.5)
+        ax.set_title(f"dim {d} (p={float(result.p_values[d]):.2g})", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _grid_log_density(
+    log_prob: Callable[[Tensor], Tensor], bounds: tuple[float, float, float, float], size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    import torch
+
+    x0, x1, y0, y1 = bounds
+    xs = torch.linspace(x0, x1, size)
+    ys = torch.linspace(y0, y1, size)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)  # (size^2, 2)
+    with torch.no_grad():
+        lp = torch.cat([log_prob(chunk).detach().double().cpu() for chunk in points.split(8192)])
+    return xs, ys, lp.reshape(size, size)
+
+
+def _as_log_prob(density: Any) -> tuple[Callable[[Tensor], Tensor], str, list[str]]:
+    """A model (scored by ``ppgen.evaluate``; the kinds it reports are collected) or a function
+    of log-densities; returns the function, a name and the list the kinds go to."""
+    from ppgen.models.base import AbstractGenerativeModel
+
+    kinds: list[str] = []
+    if isinstance(density, AbstractGenerativeModel):
+        from ppgen.inference.likelihood import evaluate
+
+        param = next(density.parameters(), None)
+
+        def log_prob(x: Tensor) -> Tensor:
+            ev = evaluate(density, x if param is None else x.to(param.dtype))
+            kinds.append(ev.kind)
+            return ev.per_example
+
+        return log_prob, type(density).__name__, kinds
+    return density, getattr(density, "__name__", "density"), kinds
+
+
+def density_heatmap(
+    density: Any,
+    data: Tensor | None = None,
+    path: str | os.PathLike | None = None,
+    true_log_prob: Callable[[Tensor], Tensor] | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    size: int = 200,
+    title: str | None = None,
+    max_points: int = 2000,
+) -> Figure:
+    """A 2-D density as a heat map with the data overlaid, and beside it the true density.
+
+    Arguments:
+        density: a ppgen model on 2-D data (scored with ``ppgen.evaluate``: exact density, or
+            the bound/estimate its estimator gives, named in the title) or a function
+            ``(N, 2) -> (N,)`` of log-densities.
+        data: points ``(N, 2)`` drawn as a light scatter over the map (at most ``max_points``).
+        path: where to write the PNG.
+        true_log_prob: the data's true log-density (toy datasets carry it): drawn beside.
+        bounds: ``(xmin, xmax, ymin, ymax)``; default: the data's range plus a margin.
+        size: grid points per axis.
+        title: the title of the learned panel.
+        max_points: the most data points drawn.
+    """
+    if bounds is None:
+        if data is None:
+            bounds = (-3.0, 3.0, -3.0, 3.0)
+        else:
+            lo, hi = data.min(0).values, data.max(0).values
+            pad = 0.1 * (hi - lo)
+            bounds = (
+                float(lo[0] - pad[0]),
+                float(hi[0] + pad[0]),
+                float(lo[1] - pad[1]),
+                float(hi[1] + pad[1]),
+            )
+    log_prob, name, kinds = _as_log_prob(density)
+    panels = [(title, log_prob)]
+    if true_log_prob is not None:
+        panels.append(("true density", true_log_prob))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for i, (ax, (label, fn)) in enumerate(zip(axes[0], panels, strict=True)):
+        _, _, lp = _grid_log_density(fn, bounds, size)
+        if i == 0 and label is None:
+            label = f"learned: {name}" + (f" ({kinds[-1]})" if kinds else "")
+        ax.imshow(lp.exp().numpy(), origin="lower", extent=bounds, cmap="magma", aspect="auto")
+        if data is not None:
+            pts = data.detach().float().cpu()[:max_points].numpy()
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, c="c", alpha=0.3, linewidths=0)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlim(bounds[0], bounds[1])
+        ax.set_ylim(bounds[2], bounds[3])
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def samples_vs_data(
+    samples: Tensor,
+    data: Tensor,
+    path: str | os.PathLike | None = None,
+    levels: int | None = None,
+    n: int = 64,
+    titles: tuple[str, str] = ("samples", "data"),
+) -> Figure:
+    """The model's samples beside real data: image grids, or scatter plots for 2-D points on
+    shared axes.
+
+    Arguments:
+        samples: ``(N, C, H, W)`` images or ``(N, 2)`` points from the model.
+        data: the same shape, from the data.
+        path: where to write the PNG.
+        levels: the data's levels (sets the grey scale of discrete images).
+        n: the most images (or 10x as many points) drawn per panel.
+        titles: the two panels' titles.
+    """
+    left = samples.detach().float().cpu()
+    right = data.detach().float().cpu()
+    if left.dim() == 2 and left.shape[1] == 2:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+        for ax, pts, label in zip(axes, (left, right), titles, strict=True):
+            pts = pts[: 10 * n * 4].numpy()
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+            ax.set_title(label)
+            ax.set_aspect("equal")
+        fig.tight_layout()
+        return _finish(fig, path)
+    if left.dim() == 2:
+        side = int(math.isqrt(left.shape[1]))
+        if side * side != left.shape[1]:
+            raise ValueError(f"cannot draw vectors of size {left.shape[1]} as images")
+        left, right = left.reshape(-1, 1, side, side), right.reshape(-1, 1, side, side)
+    left, right = left[:n], right[:n]
+    ncol = int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(max(left.shape[0], right.shape[0]) / ncol))
+    vmax = (levels - 1) if levels else float(max(left.max(), right.max()))
+    fig = plt.figure(figsize=(2 * ncol * 0.8 + 0.4, nrow * 0.8 + 0.4))
+    sub = fig.subfigures(1, 2, wspace=0.05)
+    for part, imgs, label in zip(sub, (left, right), titles, strict=True):
+        axes = part.subplots(nrow, ncol, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < imgs.shape[0]:
+                img = imgs[i].permute(1, 2, 0)
+                if img.shape[-1] == 1:
+                    ax.imshow(img[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=vmax)
+                else:
+                    ax.imshow((img / max(vmax, 1e-8)).clamp(0, 1).numpy())
+        part.suptitle(label)
     return _finish(fig, path)

@@ -32,3 +32,16 @@ def _seed() -> None:
     import pyro
 
     pyro.set_rng_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """ppgen's cache (the metrics' digits feature classifier) goes to a temporary directory
+    during tests, never to the user's cache."""
+    old = os.environ.get("PPGEN_CACHE_DIR")
+    os.environ["PPGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("ppgen-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PPGEN_CACHE_DIR", None)
+    else:
+        os.environ["PPGEN_CACHE_DIR"] = old

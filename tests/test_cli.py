@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,9 +56,24 @@ def test_fit_evaluate_sample_resume(tmp_path):
         assert (run / name).exists(), name
     config = json.loads((run / "config.json").read_text())
     assert config["family"] == "independent" and config["data"] == "digits"
-    ev = ppgen("evaluate", run, "--json", tmp_path / "ev.json").stdout
+    ev = ppgen("evaluate", run, "--metrics", "all", "--json", tmp_path / "ev.json").stdout
     assert "exact" in ev
-    assert json.loads((tmp_path / "ev.json").read_text())["likelihood"]["kind"] == "exact"
+    result = json.loads((tmp_path / "ev.json").read_text())
+    assert result["likelihood"]["kind"] == "exact"
+    # the sample-quality table: likelihood with kind and CI, tests with p-values, FD, PRDC
+    table = result["metrics"]
+    assert (
+        table["likelihood"]["ci_low"]
+        < table["likelihood"]["nats"]
+        < table["likelihood"]["ci_high"]
+    )
+    for key in ("mmd", "kid", "energy", "c2st"):
+        assert 0 < table[key]["p_value"] <= 1, key
+    assert table["fd"]["features"].startswith("digits-classifier")
+    assert 0 <= table["prdc"]["coverage"] <= 1
+    for word in ("95% CI", "MMD^2", "KID", "Frechet distance", "precision / recall", "coverage"):
+        assert word in ev, word
+    shutil.copytree(run, tmp_path / "run20")  # kept for a paired comparison with the resumed run
     ppgen("sample", run, "-n", "16", "-o", tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0
     ppgen("sample", run, "-n", "4", "-o", tmp_path / "s.npy")
@@ -76,6 +92,11 @@ def test_fit_evaluate_sample_resume(tmp_path):
         "--no-progress",
     )
     assert json.loads((run / "history.json").read_text())["steps"] == 30
+    out = ppgen("compare", run, tmp_path / "run20", "--json", tmp_path / "cmp.json").stdout
+    assert "paired comparison on 297 examples" in out and "bootstrap CI" in out
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    assert cmp["kind_a"] == cmp["kind_b"] == "exact" and not cmp["mixed_kinds"]
+    assert cmp["ci"]["low"] <= cmp["mean_difference"] <= cmp["ci"]["high"]
 
 
 def test_model_overrides_and_bad_input_exit_2(tmp_path):

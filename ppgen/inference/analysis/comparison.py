@@ -78,8 +78,8 @@ class Comparison:
             f"  mean log p_a - log p_b = {self.mean_difference:.4f} ± {self.stderr:.4f} nats "
             f"({self.bits_per_dim_difference:+.5f} bits/dim)",
             f"  {c.level:.0%} {c.method} bootstrap CI [{c.low:.4f}, {c.high:.4f}] nats",
-            f"  paired t = {self.t_statistic:.3f}, p = {self.p_value:.3g}; Wilcoxon signed-rank "
-            f"p = {self.wilcoxon_p_value:.3g}",
+            f"  paired t = {self.t_statistic:.3f}, p {_p(self.p_value)}; Wilcoxon signed-rank "
+            f"p {_p(self.wilcoxon_p_value)}",
             f"  higher likelihood: {better}"
             + ("" if self.p_value < 1 - c.level else " (not significant at this level)"),
             f"  note: {self.note}",
@@ -87,6 +87,11 @@ class Comparison:
         if self.mixed_kinds:
             lines.insert(1, "  WARNING: mixed kinds were compared on request (see note)")
         return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    """``= 0.012`` or, for a p-value that underflowed to 0, ``< 1e-300``."""
+    return "< 1e-300" if p == 0.0 else f"= {p:.3g}"
 
 
 def _kind_note(kind_a: str, kind_b: str) -> str:
@@ -163,9 +168,9 @@ def compare(
         >>> train = ppgen.datasets.load("moons", "train")
         >>> test = ppgen.datasets.load("moons", "test")
         >>> a = ppgen.build("independent", train, components=4)
-        >>> _ = ppgen.fit(a, train, steps=200, batch_size=500, lr=0.05, progress=False)
-        >>> b = ppgen.build("independent", train)  # untrained: N(0, 1) per dimension
-        >>> c = compare(a, b, test, names=("fitted", "untrained"))
+        >>> a.initialize(train.data)  # mixture components spread over each coordinate's range
+        >>> b = ppgen.build("independent", train)  # N(0, 1) per dimension
+        >>> c = compare(a, b, test, names=("spread", "standard"))
         >>> c.mean_difference > 0, c.p_value < 1e-6, c.kind_a
         (True, True, 'exact')
     """
