@@ -1,16 +1,19 @@
 """GAN figures: mode coverage on toy mixtures per objective, and AIS bits/dim on digits.
 
     python -m benchmarks.gan toy [--objectives ns hinge wgan-gp] [--datasets 8gaussians grid25]
-                                 [--seeds 0 1 2] [--steps 5000] [--json FILE] [--figure FILE]
-    python -m benchmarks.gan digits [--steps 3000] [--ais-steps 500] [--json FILE]
+                                 [--seeds 0 1 2] [--updates 5000] [--json FILE] [--figure FILE]
+    python -m benchmarks.gan digits [--steps 3000] [--ais-steps 300] [--json FILE]
 
 ``toy``: for every objective, dataset and seed, trains the GAN family (MLP pair, latent 8,
 hidden (128, 128), the family's defaults otherwise: R1 0.1 for ns/hinge, gradient penalty for
 WGAN-GP, generator EMA 0.995) and measures on 2500 samples the modes covered (a mode counts
 when at least a fifth of its expected share of samples lies within 3 std of it, PacGAN's rule)
 and the high-quality fraction (samples within 3 std of a mode), as in the unrolled-GAN/VEEGAN
-papers. Prints one row per run and mean ± sd over seeds, and how many seeds reach the goal (all
-modes, >= 90% high-quality samples).
+papers. Every objective gets the same number of generator updates (``--updates``; WGAN-GP's
+5 critic steps per update make its runs 5 times as many trainer steps). Prints one row per run
+and mean ± sd over seeds, and how many seeds reach the goal (all modes, >= 90% high-quality
+samples). ``--json`` is rewritten after every run, and ``--resume-json`` skips runs already in
+that file, so a long sweep can be stopped and continued.
 
 ``digits``: trains the DCGAN pair on digits, chooses the Gaussian observation scale on the
 validation split (``select_observation_scale``), estimates the test log-likelihood by AIS
@@ -37,10 +40,12 @@ TOY_BUILD = {"latent": 8, "hidden": [128, 128]}
 TOY_FIT = {"batch_size": 256, "lr": 1e-3, "ema": 0.995}
 
 
-def toy_run(objective: str, dataset: str, seed: int, steps: int) -> dict:
+def toy_run(objective: str, dataset: str, seed: int, updates: int) -> dict:
     train = ppgen.datasets.load(dataset, "train")
     torch.manual_seed(seed)
     model = ppgen.build("gan", train, objective=objective, **TOY_BUILD)
+    n_critic = 5 if objective == "wgan-gp" else 1
+    steps = updates * n_critic
     t0 = time.perf_counter()
     hist = ppgen.fit(model, train, steps=steps, seed=seed, device="cpu", progress=False,
                      log_every=max(steps // 20, 1), **TOY_FIT)
@@ -54,7 +59,7 @@ def toy_run(objective: str, dataset: str, seed: int, steps: int) -> dict:
         "dataset": dataset,
         "seed": seed,
         "steps": steps,
-        "generator_updates": steps // (5 if objective == "wgan-gp" else 1),
+        "generator_updates": updates,
         "modes_covered": cov.modes_covered,
         "num_modes": cov.num_modes,
         "high_quality_fraction": cov.high_quality_fraction,
@@ -144,6 +149,12 @@ def digits_run(steps: int, ais_steps: int, ais_particles: int, seed: int) -> dic
     ais = ppgen.evaluate(model, test, seed=seed, num_steps=ais_steps,
                          num_particles=ais_particles)
     ais_seconds = time.perf_counter() - t0
+    from ppgen.benchmark import PRESETS
+
+    quick_options = PRESETS["quick"]["families"]["gan"]["evaluate"]
+    t0 = time.perf_counter()
+    ais_quick = ppgen.evaluate(model, test, seed=seed, **quick_options)
+    quick_seconds = time.perf_counter() - t0
     bandwidth = select_parzen_bandwidth(model, val, seed=seed)
     parzen = ppgen.evaluate(model, test, estimator="parzen", seed=seed, bandwidth=bandwidth)
     samples = model.sample(1000, seed=seed)
@@ -156,6 +167,7 @@ def digits_run(steps: int, ais_steps: int, ais_particles: int, seed: int) -> dic
         "observation_scale": scale,
         "select_seconds": select_seconds,
         "ais": {**ais.to_dict(), "num_steps": ais_steps, "seconds": ais_seconds},
+        "ais_quick_preset": {**ais_quick.to_dict(), **quick_options, "seconds": quick_seconds},
         "parzen_discouraged": {**parzen.to_dict(), "bandwidth": bandwidth},
         "independent_baseline": ppgen.evaluate(baseline, test).to_dict(),
         "quality": _quality(samples, test, seed),
@@ -169,9 +181,11 @@ def main() -> None:
     p.add_argument("--objectives", nargs="*", default=["ns", "hinge", "wgan-gp"])
     p.add_argument("--datasets", nargs="*", default=["8gaussians", "grid25"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--ais-steps", type=int, default=500)
-    p.add_argument("--ais-particles", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3000, help="digits: training steps")
+    p.add_argument("--updates", type=int, default=5000, help="toy: generator updates")
+    p.add_argument("--ais-steps", type=int, default=300)
+    p.add_argument("--ais-particles", type=int, default=8)
+    p.add_argument("--resume-json", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None)
     args = p.parse_args()
@@ -179,11 +193,20 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch threads 1")
     if args.part == "toy":
         runs = []
+        if args.resume_json and args.json:
+            with open(args.json) as f:
+                runs = json.load(f)
+        done = {(r["objective"], r["dataset"], r["seed"]) for r in runs}
         for dataset in args.datasets:
             for objective in args.objectives:
                 for seed in args.seeds:
-                    r = toy_run(objective, dataset, seed, args.steps or 5000)
+                    if (objective, dataset, seed) in done:
+                        continue
+                    r = toy_run(objective, dataset, seed, args.updates)
                     runs.append(r)
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump(runs, f)
                     print(f"{objective:8s} {dataset:11s} seed {seed}: {r['modes_covered']}/"
                           f"{r['num_modes']} modes, HQ {r['high_quality_fraction']:.3f}, "
                           f"alarm {r['collapse_alarm_at_end']}, {r['train_seconds']:.0f}s",
@@ -193,8 +216,7 @@ def main() -> None:
             toy_figure(runs, args.figure)
         result: object = runs
     else:
-        result = digits_run(args.steps or 3000, args.ais_steps, args.ais_particles,
-                            args.seeds[0])
+        result = digits_run(args.steps, args.ais_steps, args.ais_particles, args.seeds[0])
         print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:
