@@ -296,6 +296,9 @@ class GAN(AbstractGenerativeModel):
 
     @pyro_program
     def model(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """``z ~ N(0, I)`` at ``"z"``, ``x = G(z)`` as a Delta at ``"x"`` (observed when given;
+        discrete data as ``x + u`` with the latent ``"u" ~ U[0, 1)``). Broadcasts over outer
+        (particle) plates. Returns the value at ``"x"``."""
         n = 1 if x is None else x.shape[0]
         k = len(self.event_shape)
         ref = self._observation_scale
@@ -321,6 +324,8 @@ class GAN(AbstractGenerativeModel):
         generator: torch.Generator | None = None,
         context: Tensor | None = None,
     ) -> Tensor:
+        """``n`` draws ``G(z)`` in data units (``floor(G(z))`` clipped to the levels for
+        discrete data), reproducible with ``seed`` or ``generator``."""
         ref = self._observation_scale
         if seed is not None:
             generator = torch.Generator(device=ref.device).manual_seed(seed)
