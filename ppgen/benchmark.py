@@ -41,7 +41,7 @@ _QUICK: dict[str, dict[str, Any]] = {
     "gan": {
         "build": {"latent": 16, "hidden": [64, 32]},
         "fit": {"steps": 1500, "batch_size": 128, "lr": 5e-4},
-        "evaluate": {"num_steps": 10, "num_particles": 2, "leapfrog_steps": 2},
+        "evaluate": {"num_steps": 30, "num_particles": 2, "leapfrog_steps": 2},
     },
 }
 _FULL: dict[str, dict[str, Any]] = {

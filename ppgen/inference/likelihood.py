@@ -297,6 +297,12 @@ def select_parzen_bandwidth(
 
 def _convention(model: AbstractGenerativeModel) -> str:
     cfg = model.config
+    if model.likelihood == "none":  # implicit: only a smoothed version has a likelihood
+        data = "the data" if cfg.kind == "continuous" else f"the {cfg.levels}-level data"
+        return (
+            f"likelihood of {data} as given under the implicit model smoothed by Gaussian "
+            "noise (AIS: observation model N(g(z), s^2 I); Parzen: a kernel around samples)"
+        )
     if cfg.kind == "continuous":
         return "continuous density of the data as given"
     if model.dequantizes:
