@@ -40,7 +40,7 @@ _QUICK: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 300, "batch_size": 256, "lr": 0.05}},
     "gan": {
         "build": {"latent": 16, "hidden": [64, 32]},
-        "fit": {"steps": 1500, "batch_size": 128, "lr": 5e-4},
+        "fit": {"steps": 1000, "batch_size": 128, "lr": 5e-4},
         "evaluate": {"num_steps": 30, "num_particles": 2, "leapfrog_steps": 2},
     },
 }
