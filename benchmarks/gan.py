@@ -2,7 +2,7 @@
 
     python -m benchmarks.gan toy [--objectives ns hinge wgan-gp] [--datasets 8gaussians grid25]
                                  [--seeds 0 1 2] [--updates 5000] [--json FILE] [--figure FILE]
-    python -m benchmarks.gan digits [--steps 3000] [--ais-steps 300] [--json FILE]
+    python -m benchmarks.gan digits [--steps 3000] [--ais-steps 30 100 300] [--json FILE]
 
 ``toy``: for every objective, dataset and seed, trains the GAN family (MLP pair, latent 8,
 hidden (128, 128), the family's defaults otherwise: R1 0.1 for ns/hinge, gradient penalty for
@@ -130,7 +130,7 @@ def toy_figure(runs: list[dict], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def digits_run(steps: int, ais_steps: int, ais_particles: int, seed: int) -> dict:
+def digits_run(steps: int, ais_steps: list[int], ais_particles: int, seed: int) -> dict:
     from ppgen.benchmark import _quality
 
     train, val, test = (ppgen.datasets.load("digits", s) for s in ("train", "val", "test"))
@@ -142,13 +142,14 @@ def digits_run(steps: int, ais_steps: int, ais_particles: int, seed: int) -> dic
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     scale = select_observation_scale(model, val, seed=seed, num_examples=64,
-                                     num_steps=max(ais_steps // 5, 20))
+                                     num_steps=max(max(ais_steps) // 5, 20))
     select_seconds = time.perf_counter() - t0
     model.observation_scale = scale
-    t0 = time.perf_counter()
-    ais = ppgen.evaluate(model, test, seed=seed, num_steps=ais_steps,
-                         num_particles=ais_particles)
-    ais_seconds = time.perf_counter() - t0
+    runs = {}
+    for t in sorted(ais_steps):  # the estimate should rise and level off with more steps
+        t0 = time.perf_counter()
+        ev = ppgen.evaluate(model, test, seed=seed, num_steps=t, num_particles=ais_particles)
+        runs[t] = {**ev.to_dict(), "num_steps": t, "seconds": time.perf_counter() - t0}
     from ppgen.benchmark import PRESETS
 
     quick_options = PRESETS["quick"]["families"]["gan"]["evaluate"]
@@ -166,7 +167,8 @@ def digits_run(steps: int, ais_steps: int, ais_particles: int, seed: int) -> dic
         "train_seconds": train_seconds,
         "observation_scale": scale,
         "select_seconds": select_seconds,
-        "ais": {**ais.to_dict(), "num_steps": ais_steps, "seconds": ais_seconds},
+        "ais": runs[max(runs)],
+        "ais_by_steps": runs,
         "ais_quick_preset": {**ais_quick.to_dict(), **quick_options, "seconds": quick_seconds},
         "parzen_discouraged": {**parzen.to_dict(), "bandwidth": bandwidth},
         "independent_baseline": ppgen.evaluate(baseline, test).to_dict(),
@@ -183,7 +185,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3000, help="digits: training steps")
     p.add_argument("--updates", type=int, default=5000, help="toy: generator updates")
-    p.add_argument("--ais-steps", type=int, default=300)
+    p.add_argument("--ais-steps", type=int, nargs="*", default=[30, 100, 300])
     p.add_argument("--ais-particles", type=int, default=8)
     p.add_argument("--resume-json", action="store_true")
     p.add_argument("--json", default=None)
