@@ -80,10 +80,12 @@ def summarize(runs: list[dict]) -> str:
         "(mean ± sd) | seeds with all modes and HQ >= 0.9 | steps (G updates) |",
         "|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(r["objective"], r["dataset"]) for r in runs},
-                  key=lambda k: (k[1], ["ns", "hinge", "wgan-gp", "minimax"].index(k[0])))
-    for objective, dataset in keys:
-        rs = [r for r in runs if r["objective"] == objective and r["dataset"] == dataset]
+    order = ["ns", "hinge", "wgan-gp", "minimax"]
+    keys = sorted({(r["objective"], r["dataset"], r["generator_updates"]) for r in runs},
+                  key=lambda k: (k[1], k[2], order.index(k[0])))
+    for objective, dataset, updates in keys:
+        rs = [r for r in runs if (r["objective"], r["dataset"], r["generator_updates"])
+              == (objective, dataset, updates)]
         modes = [r["modes_covered"] for r in rs]
         hq = [r["high_quality_fraction"] for r in rs]
         goal = sum(r["modes_covered"] == r["num_modes"] and r["high_quality_fraction"] >= 0.9
