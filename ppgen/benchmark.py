@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ppgen import datasets, models
 from ppgen.datasets.base import Dataset
-from ppgen.inference.likelihood import evaluate
+from ppgen.inference.likelihood import evaluate, select_observation_scale
 from ppgen.inference.trainer import fit, resolve_device
 from ppgen.models.base import AbstractGenerativeModel
 
@@ -79,6 +79,11 @@ _QUICK: dict[str, dict[str, Any]] = {
         "fit": {"steps": 1500, "batch_size": 128},
         "evaluate": {"method": "exact"},
     },
+    "gan": {
+        "build": {"latent": 16, "hidden": [64, 32]},
+        "fit": {"steps": 1000, "batch_size": 128, "lr": 5e-4},
+        "evaluate": {"num_steps": 30, "num_particles": 2, "leapfrog_steps": 2},
+    },
 }
 _FULL: dict[str, dict[str, Any]] = {
     "independent": {"build": {}, "fit": {"steps": 2000, "batch_size": 256, "lr": 0.02}},
@@ -121,6 +126,11 @@ _FULL: dict[str, dict[str, Any]] = {
         },
         "fit": {"steps": 8000, "batch_size": 128, "ema": 0.999},
         "evaluate": {"method": "exact"},
+    },
+    "gan": {
+        "build": {"latent": 16, "hidden": [64, 32]},
+        "fit": {"steps": 3000, "batch_size": 128, "lr": 5e-4},
+        "evaluate": {"num_steps": 100, "num_particles": 8},
     },
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -229,7 +239,14 @@ def _measure(
         **spec["fit"],
     )
     train_seconds = time.perf_counter() - t0
-    ev = evaluate(model, test, seed=seed, **spec.get("evaluate", {}))
+    ev_options = dict(spec.get("evaluate", {}))
+    if model.likelihood == "none" and "observation_scale" not in ev_options:
+        # an implicit model is scored under a Gaussian observation model whose scale is chosen
+        # on the validation split, never the test split (Wu et al. 2017)
+        ev_options["observation_scale"] = select_observation_scale(
+            model, val, seed=seed, **ev_options
+        )
+    ev = evaluate(model, test, seed=seed, **ev_options)
     kl = None
     if test.entropy is not None and ev.kind in ("exact", "lower_bound", "estimate"):
         kl = ev.nats - test.entropy  # KL(p_data || p_model) = NLL - H(p_data), in nats
@@ -238,13 +255,14 @@ def _measure(
     reps = math.ceil(num_score / len(test))
     x_score = test.data.repeat(reps, *([1] * len(test.event_shape)))[:num_score]
     score_s = _timed(
-        lambda: evaluate(model, x_score, seed=seed, **spec.get("evaluate", {})), repeats=1
+        lambda: evaluate(model, x_score, seed=seed, **ev_options), repeats=1
     )
     quality = _quality(samples, test, seed)
     result = FamilyResult(
         family=name,
         seed=seed,
-        likelihood=ev.to_dict(),
+        likelihood={**ev.to_dict(), **({"observation_scale": ev_options["observation_scale"]}
+                                       if "observation_scale" in ev_options else {})},
         kl_to_data=kl,
         train_seconds=train_seconds,
         sample_seconds_per_1000=sample_s * 1000 / num_samples,

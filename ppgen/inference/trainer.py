@@ -85,6 +85,8 @@ class History:
         steps: completed steps.
         out: the run directory, if any.
         skipped_steps: steps skipped for a non-finite loss (``on_nonfinite="skip"``).
+        diagnostics: the objective's ``diagnostics()`` every ``diagnostics_every`` steps:
+            ``{"step", ...}`` (e.g. a GAN's discriminator accuracies and gradient norms).
     """
 
     train: list[dict[str, float]] = dataclasses.field(default_factory=list)
@@ -95,6 +97,7 @@ class History:
     out: str | None = None
     skipped_steps: int = 0
     elapsed: float = 0.0
+    diagnostics: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     @property
     def loss(self) -> list[float]:
@@ -300,6 +303,7 @@ def fit(
     patience: int | None = None,
     checkpoint_every: int | None = None,
     log_every: int = 10,
+    diagnostics_every: int | None = None,
     on_nonfinite: Literal["raise", "skip"] = "raise",
     max_skipped: int = 10,
     precision: Literal["float32", "bf16"] = "float32",
@@ -332,6 +336,8 @@ def fit(
         checkpoint_every: steps between checkpoints (default: ``eval_every``); one is always
             written at the end.
         log_every: steps between history records / progress-bar updates.
+        diagnostics_every: steps between records of the objective's ``diagnostics()`` in
+            ``history.diagnostics`` (default ``log_every``).
         on_nonfinite: ``"raise"`` stops with :class:`NonFiniteLossError`, ``"skip"`` skips the
             update (at most ``max_skipped`` in a row).
         precision: ``"bf16"`` runs each training loss under ``torch.autocast`` with bfloat16
@@ -367,6 +373,7 @@ def fit(
     x_train, c_train = _as_tensors(data, model, "training data")
     x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data")
     eval_every = eval_every or max(steps // 20, 1)
+    diagnostics_every = diagnostics_every or log_every
     checkpoint_every = checkpoint_every or eval_every
 
     ctx = dist_utils.init(resolve_device(device))
@@ -466,6 +473,10 @@ def fit(
                 history.train.append({"step": step, **losses, "time": time.perf_counter() - t0})
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+            if step % diagnostics_every == 0 or step == steps:
+                diagnostics = obj.diagnostics()
+                if diagnostics:
+                    history.diagnostics.append({"step": step, **diagnostics})
             if bar is not None:
                 bar.update(1)
             stop_early = False

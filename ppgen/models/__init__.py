@@ -17,6 +17,7 @@ from ppgen.models.autoregressive import MADE, NADE, GatedPixelCNN, PixelCNN
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
 from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
+from ppgen.models.gan import GAN
 from ppgen.models.independent import Independent
 from ppgen.models.vae import VAE
 
@@ -35,6 +36,7 @@ _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "ffjord": FFJORD,
     "vae": VAE,
     "ddpm": DDPM,
+    "gan": GAN,
 }
 
 

@@ -148,6 +148,8 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
         :meth:`denoising_loss` (the per-example loss of the ``"denoising"`` objective),
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
+        :meth:`make_discriminator` (the critic adversarial training builds for an implicit model),
+        :meth:`estimator_defaults` (options a family wants for an estimator, e.g. AIS steps),
         :meth:`elbo_parts` (that bound split into a data term and KL terms, for beta/warm-up/
         free bits; the default uses traces),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
@@ -286,6 +288,16 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         ``"x"`` site has a real density."""
         return None
 
+    def make_discriminator(self) -> torch.nn.Module:
+        """A fresh discriminator (critic) for adversarial training of an implicit model: a
+        module mapping a batch ``(N, *event_shape)`` in the space of the ``"x"`` site to scores
+        ``(N,)``. The ``"adversarial"`` objective builds and owns it (so it lands in the training
+        checkpoint). Default: a LeakyReLU MLP (128, 128) on the flattened points."""
+        from ppgen.models.nets import MLP
+
+        net = MLP(self.config.num_dims, 1, (128, 128), torch.nn.LeakyReLU)
+        return torch.nn.Sequential(torch.nn.Flatten(), net, torch.nn.Flatten(0))
+
     def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
         """Data-dependent initialization, called once on the first training batch (never again
         on resume). Default: nothing."""
@@ -299,6 +311,11 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             f"{type(self).__name__} has no denoising loss; fit it with its default objective "
             f"{self.default_objective!r}"
         )
+    def estimator_defaults(self, estimator: str) -> dict[str, Any]:
+        """Options this family wants for likelihood estimator ``estimator`` when the caller of
+        ``ppgen.evaluate`` does not set them (e.g. a GAN's AIS schedule length); the caller's
+        explicit options win. Default: none."""
+        return {}
 
     def fit_defaults(self) -> dict[str, Any]:
         """Trainer keyword defaults this family wants (e.g. ``{"ema": 0.999}``); the user's
