@@ -147,7 +147,8 @@ def test_concurrent_fit_on_one_directory_is_refused(tmp_path):
 def test_damaged_checkpoint_falls_back_to_previous_on_resume(tmp_path, capsys):
     train = ppgen.datasets.load("digits", "train")
     m = ppgen.build("independent", train)
-    ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, checkpoint_every=5, progress=False, device="cpu")
+    ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, checkpoint_every=5, progress=False,
+              device="cpu")
     assert (tmp_path / "checkpoint.prev.pt").exists()
     blob = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(blob[: len(blob) // 3])  # truncated
@@ -185,7 +186,8 @@ def test_disk_full_stops_training_and_keeps_previous_checkpoint(tmp_path, monkey
 
     monkeypatch.setattr(os, "fdopen", full_disk)
     with pytest.raises(ckpt.CheckpointWriteError, match="No space left"):
-        ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, resume=True, progress=False, device="cpu")
+        ppgen.fit(m, train, steps=10, batch_size=32, out=tmp_path, resume=True, progress=False,
+                  device="cpu")
     monkeypatch.undo()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temp files left"

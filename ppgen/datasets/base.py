@@ -54,11 +54,15 @@ class Dataset:
         if self.kind == "continuous" and levels is not None:
             raise DataError(f"dataset {self.name!r}: continuous data takes no levels")
         object.__setattr__(self, "levels", levels)
-        check_batch(self.data, self.data.shape[1:], self.kind, levels, what=f"dataset {self.name!r}")
+        check_batch(
+            self.data, self.data.shape[1:], self.kind, levels, what=f"dataset {self.name!r}"
+        )
         if self.data.dtype != torch.float32:
             object.__setattr__(self, "data", self.data.to(torch.float32))
         if self.labels is not None and self.labels.shape[0] != self.data.shape[0]:
-            raise DataError(f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points")
+            raise DataError(
+                f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points"
+            )
 
     def __len__(self) -> int:
         return int(self.data.shape[0])

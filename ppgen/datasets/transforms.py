@@ -4,7 +4,8 @@ A continuous density :math:`p_z` on the model's space scores discrete data :math
 \{0..L-1\}^D` through
 
 .. math::
-    y = (v + u) / L, \quad u \sim U[0, 1)^D, \qquad z = \operatorname{logit}(\alpha + (1 - 2\alpha) y),
+    y = (v + u) / L, \quad u \sim U[0, 1)^D, \qquad
+    z = \operatorname{logit}(\alpha + (1 - 2\alpha) y),
 
     \log P(v) \;\ge\; \mathbb{E}_u\big[\log p_z(z) + \log|\partial z / \partial y| - D \log L\big].
 
@@ -62,7 +63,9 @@ class DataTransform(nn.Module):
         shape ``(N,)``, with ``log p_data(x) (>=) log p_z(z) + ladj``.
     """
 
-    def __init__(self, kind: str, levels: int | None = None, logit_alpha: float | None = None):
+    def __init__(
+        self, kind: str, levels: int | None = None, logit_alpha: float | None = None
+    ) -> None:
         super().__init__()
         if kind in ("binary", "discrete") and (levels is None or levels < 2):
             raise ValueError(f"{kind} data needs levels >= 2")
@@ -79,7 +82,9 @@ class DataTransform(nn.Module):
         """True for discrete data: the score is a lower bound on the discrete likelihood."""
         return self.kind != "continuous"
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
         ladj = x.new_zeros(n)
         if not self.dequantizes:

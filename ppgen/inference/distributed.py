@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["Context", "all_reduce_sum", "barrier", "init", "sample", "shard", "wrap"]
 
+import atexit
 import dataclasses
 import os
 from collections.abc import Callable
@@ -49,7 +50,15 @@ def init(device: torch.device) -> Context:
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # a group left to the interpreter's teardown can abort the process ("terminate called
+        # without an active exception") while gloo's threads still run: close it ourselves
+        atexit.register(_destroy)
     return Context(rank, world_size, device)
+
+
+def _destroy() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def shard(indices: Tensor, ctx: Context) -> Tensor:

@@ -7,8 +7,8 @@ layer (``ppgen.inference``) reads these declarations and never probes a family w
 
 Each family has a frozen, keyword-only :class:`ModelConfig` subclass. The config records every
 architectural choice plus the facts about the data the model was built for (``event_shape``,
-``kind``, ``levels``), so a checkpoint holding ``config.to_dict()`` and a ``state_dict`` is enough to
-rebuild the model exactly (see ``ppgen.checkpoint``).
+``kind``, ``levels``), so a checkpoint holding ``config.to_dict()`` and a ``state_dict`` is
+enough to rebuild the model exactly (see ``ppgen.checkpoint``).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def pyro_program(fn: _F) -> _F:
 class ModelConfig:
     """Base of every family's configuration: the data facts a model is built for.
 
-    Family configs subclass this with their hyperparameters (``hidden``, ``transforms``, ``latent``,
-    ``timesteps``...). Lists given for tuple fields are stored as tuples, so configs stay hashable
-    and compare equal after a JSON round trip.
+    Family configs subclass this with their hyperparameters (``hidden``, ``transforms``,
+    ``latent``, ``timesteps``...). Lists given for tuple fields are stored as tuples, so configs
+    stay hashable and compare equal after a JSON round trip.
 
     Arguments:
         event_shape: the shape of one data point, e.g. ``(2,)`` or ``(1, 8, 8)``.
@@ -166,7 +166,9 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         super().__init__()
         config = self.config_from(config, **fields)
         if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, got {config!r}")
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.Config.__name__}, got {config!r}"
+            )
         self.config = config
         self.event_shape = torch.Size(config.event_shape)
 
@@ -369,6 +371,9 @@ def _spread(lp: Tensor, n: int) -> Tensor:
     return lp.reshape(-1, n).sum(0)
 
 
+_SCALAR = torch.Size()  # the empty shape, a shared default argument
+
+
 class ExplicitDensity(dist.TorchDistribution):
     """A model's exact density wrapped as a Pyro distribution, so ``pyro.sample("x", ...)``,
     ``log_prob``, ``sample`` and ``expand`` work with any tool that takes a distribution.
@@ -384,7 +389,7 @@ class ExplicitDensity(dist.TorchDistribution):
         self,
         model: AbstractGenerativeModel,
         context: Tensor | None = None,
-        batch_shape: torch.Size = torch.Size(),
+        batch_shape: torch.Size = _SCALAR,
         validate_args: bool | None = False,
     ) -> None:
         self.model = model
@@ -400,7 +405,7 @@ class ExplicitDensity(dist.TorchDistribution):
         flat = value.reshape(-1, *self.event_shape)
         return self.model.log_prob(flat, self.context).reshape(batch)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size = _SCALAR) -> Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         n = max(math.prod(shape), 1)
         with torch.no_grad():

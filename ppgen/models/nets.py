@@ -61,7 +61,9 @@ class MaskedLinear(nn.Linear):
         ``mask``: ``(out_features, in_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
+    def __init__(
+        self, in_features: int, out_features: int, mask: Tensor, bias: bool = True
+    ) -> None:
         super().__init__(in_features, out_features, bias)
         if mask.shape != (out_features, in_features):
             raise ValueError(f"mask shape {tuple(mask.shape)} != {(out_features, in_features)}")
