@@ -378,7 +378,9 @@ def test_ais_on_a_linear_generator_matches_the_closed_form_marginal():
     x = (torch.randn(12, 2, dtype=torch.float64) @ w.T + b
          + s * torch.randn(12, 3, dtype=torch.float64))
     exact = dist.MultivariateNormal(b, w @ w.T + s**2 * torch.eye(3, dtype=torch.float64))
-    ev = ppgen.evaluate(m, x, num_particles=64, num_steps=300)  # "auto" is AIS, s from the model
+    # "auto" is AIS, s from the model; the schedule the tolerance was measured with (the GAN's
+    # quick default of 2 leapfrog steps per annealing step is looser by design)
+    ev = ppgen.evaluate(m, x, num_particles=64, num_steps=300, leapfrog_steps=5)
     err = ev.per_example - exact.log_prob(x)
     assert ev.kind == "estimate" and ev.estimator == "ais-64"
     assert err.abs().max() < 0.25, err
