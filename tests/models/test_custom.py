@@ -6,10 +6,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import nn
 from torch.distributions import constraints
 
 import ppgen
 from ppgen import checkpoint as ckpt
+from ppgen.models.custom import LateParameterError
 
 
 def gmm_model(x=None):
@@ -71,3 +75,103 @@ def test_wrapped_program_checkpoints_through_load_into(tmp_path):
 def test_bound_needs_a_guide():
     with pytest.raises(ValueError, match="guide"):
         ppgen.from_pyro(gmm_model, event_shape=(1,), likelihood="bound")
+
+
+# ---- which parameters a wrapped program trains --------------------------------------------------
+
+
+class _ValueEqualNet(PyroModule):
+    """A dataclass-style PyroModule: ``__eq__`` without ``__hash__`` makes it unhashable, so
+    torch cannot hold it as a submodule (torch keeps modules in sets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(2))
+        self.lin = PyroModule[nn.Linear](2, 2)
+        self.register_buffer("shift", torch.zeros(2))
+        self.enc = nn.Linear(2, 4)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ValueEqualNet) and torch.equal(self.loc, other.loc)
+
+    def model(self, x=None):
+        with pyro.plate("data", 1 if x is None else x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = self.lin(z) + self.loc + self.shift
+            return pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x=None):
+        with pyro.plate("data", x.shape[0]):
+            h = self.enc(x)
+            pyro.sample("z", dist.Normal(h[..., :2], F.softplus(h[..., 2:])).to_event(1))
+
+
+def test_bound_methods_of_an_unhashable_module_are_trained_in_place(tmp_path):
+    net = _ValueEqualNet()
+    assert type(net).__hash__ is None
+    m = ppgen.from_pyro(net.model, net.guide, event_shape=(2,), likelihood="bound")
+    own = {id(p) for p in net.lin.parameters()} | {id(p) for p in net.enc.parameters()}
+    own.add(id(net.loc))
+    assert {id(p) for p in m.parameters()} == own, "exactly the owner's parameters, by identity"
+    data = ppgen.datasets.Dataset("d", torch.randn(64, 2) + 3.0, "continuous")
+    before = [p.detach().clone() for p in (net.loc, net.lin.bias, net.enc.weight)]
+    ppgen.fit(m, data, steps=3, batch_size=32, progress=False, device="cpu")
+    after = (net.loc, net.lin.bias, net.enc.weight)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert len(pyro.get_param_store()) == 0
+    m.double()  # forwarded to the module itself (parameters and buffers)
+    assert net.loc.dtype == net.shift.dtype == torch.float64
+    assert m.elbo(torch.zeros(3, 2, dtype=torch.float64)).shape == (3,)
+    ppgen.save(m, tmp_path / "m.pt")
+    fresh_net = _ValueEqualNet().double()
+    fresh = ppgen.from_pyro(fresh_net.model, fresh_net.guide, event_shape=(2,),
+                            likelihood="bound")
+    ckpt.load_into(fresh, tmp_path / "m.pt")
+    assert torch.equal(fresh_net.loc, net.loc) and torch.equal(fresh_net.enc.weight,
+                                                              net.enc.weight)
+
+
+def test_plain_functions_train_the_modules_they_capture():
+    """A closure over a PyroModule and a global nn.Module registered with pyro.module: their own
+    parameters are the wrapper's (never copies), and a loss reaches them."""
+    decoder = PyroModule[nn.Linear](1, 2)  # a PyroModule built under Pyro's default settings
+
+    def model(x=None):
+        pyro.module("encoder", _ENCODER)  # the classic Pyro idiom for a plain nn.Module
+        with pyro.plate("data", 1 if x is None else x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            return pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x=None):
+        pyro.module("encoder", _ENCODER)
+        with pyro.plate("data", x.shape[0]):
+            h = _ENCODER(x)
+            pyro.sample("z", dist.Normal(h[..., :1], F.softplus(h[..., 1:])).to_event(1))
+
+    m = ppgen.from_pyro(model, guide, event_shape=(2,), likelihood="bound",
+                        example=torch.zeros(2, 2))
+    expected = {id(p) for p in (*decoder.parameters(), *_ENCODER.parameters())}
+    assert {id(p) for p in m.parameters()} == expected
+    loss = -m.elbo(torch.randn(5, 2)).mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    assert len(pyro.get_param_store()) == 0
+
+
+_ENCODER = nn.Linear(2, 2)
+
+
+def test_a_parameter_first_met_after_construction_is_an_error():
+    with pytest.raises(LateParameterError, match="example="):
+        ppgen.from_pyro(gmm_model, event_shape=(1,), likelihood="exact").log_prob(
+            torch.zeros(2, 1)
+        )
+
+    def uses_a_module(x=None):
+        pyro.module("net", _ENCODER)
+        with pyro.plate("data", 1 if x is None else x.shape[0]):
+            return pyro.sample("x", dist.Normal(_ENCODER.bias, 1.0).to_event(1), obs=x)
+
+    # the module is reached by name at construction, so no example is needed
+    m = ppgen.from_pyro(uses_a_module, event_shape=(2,), likelihood="exact")
+    assert m.log_prob(torch.zeros(3, 2)).shape == (3,)
