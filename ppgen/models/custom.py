@@ -198,11 +198,17 @@ class _PyroProgram(AbstractGenerativeModel):
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         # module_local_params off: a user's PyroModule built under Pyro's default setting cannot
-        # run with it on; a scoped param store keeps the global one untouched instead
+        # run with it on. A PyroModule's PyroParam then writes itself into the global store:
+        # such new names are removed again. (Not store.scope(): its get_state strips the
+        # ``unconstrained`` attribute from live params that Pyro's JIT replays.)
         store = pyro.get_param_store()
-        with pyro.settings.context(module_local_params=False), store.scope(), \
-                _CaptureParams(self):
-            return fn(*args)
+        before = set(store.keys())
+        try:
+            with pyro.settings.context(module_local_params=False), _CaptureParams(self):
+                return fn(*args)
+        finally:
+            for name in set(store.keys()) - before:
+                del store[name]
 
     def _check_open(self, name: str) -> None:
         if not self._open:

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
 from torch.distributions import constraints
 
@@ -175,3 +175,23 @@ def test_a_parameter_first_met_after_construction_is_an_error():
     # the module is reached by name at construction, so no example is needed
     m = ppgen.from_pyro(uses_a_module, event_shape=(2,), likelihood="exact")
     assert m.log_prob(torch.zeros(3, 2)).shape == (3,)
+
+
+def test_a_pyro_param_attribute_of_a_bound_module_stays_out_of_the_global_store():
+    class Scaled(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = PyroParam(torch.ones(2), constraint=constraints.positive)
+
+        @pyro_method
+        def model(self, x=None):
+            with pyro.plate("data", 1 if x is None else x.shape[0]):
+                return pyro.sample("x", dist.Normal(0.0, self.scale).to_event(1), obs=x)
+
+    s = Scaled()
+    m = ppgen.from_pyro(s.model, event_shape=(2,), likelihood="exact")
+    x = torch.randn(4, 2)
+    expected = dist.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    assert torch.allclose(m.log_prob(x), expected)
+    assert [n for n, _ in m.named_parameters()] == ["user_modules.0.scale_unconstrained"]
+    assert len(pyro.get_param_store()) == 0
