@@ -16,7 +16,7 @@ import dataclasses
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,13 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def resolve_family(name: str) -> type[AbstractGenerativeModel]:
-    """A registered family name, or ``package.module:Class`` for a user's own model class."""
+def resolve_family(
+    name: str,
+) -> type[AbstractGenerativeModel] | Callable[..., AbstractGenerativeModel]:
+    """A registered family name, or ``package.module:Name`` for a user's own model: a subclass of
+    the protocol, or a *builder*, a function that takes the data facts (``event_shape``,
+    ``kind``, ``levels``) and the ``--model.X`` options as keywords and returns a protocol
+    object (e.g. a ``ppgen.from_pyro`` wrapper). The current directory is searched first."""
     if ":" not in name:
         return models.get(name)
     module, _, qualname = name.partition(":")
@@ -85,9 +90,25 @@ def resolve_family(name: str) -> type[AbstractGenerativeModel]:
         raise ValueError(f"cannot import model class {name!r}: {e}") from None
     finally:
         sys.path.pop(0)
-    if not (isinstance(obj, type) and issubclass(obj, AbstractGenerativeModel)):
-        raise ValueError(f"{name!r} is not a subclass of ppgen.models.AbstractGenerativeModel")
-    return obj
+    if isinstance(obj, type) and issubclass(obj, AbstractGenerativeModel):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        return obj
+    raise ValueError(
+        f"{name!r} is neither a subclass of ppgen.models.AbstractGenerativeModel nor a function "
+        "returning one (a builder taking event_shape, kind, levels and the --model.X options)"
+    )
+
+
+def _build(name: str, spec: dict[str, Any], options: dict[str, Any]) -> AbstractGenerativeModel:
+    """A model from a family name, a user's class or a user's builder function."""
+    model = resolve_family(name)(**spec, **options)
+    if not isinstance(model, AbstractGenerativeModel):
+        raise ValueError(
+            f"{name!r} returned a {type(model).__name__}, not a ppgen model (a subclass of "
+            "ppgen.models.AbstractGenerativeModel, e.g. what ppgen.from_pyro returns)"
+        )
+    return model
 
 
 def load_data(name: str, split: str) -> Dataset:
@@ -108,9 +129,17 @@ def _load_run(run: str) -> tuple[AbstractGenerativeModel, dict[str, Any]]:
     path = _run_model_path(run)
     config_path = (path.parent if path.is_file() else path) / "config.json"
     run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    builder = run_config.get("builder")
+    if builder is not None and not isinstance(resolve_family(builder), type):
+        # a user's builder function: rebuild with the recorded data facts and options
+        facts = run_config["model"]
+        spec = {k: facts[k] for k in ("event_shape", "kind", "levels")}
+        spec["event_shape"] = tuple(spec["event_shape"])
+        model = _build(builder, spec, run_config.get("builder_options", {}))
+        return ckpt.load_into(model, path), run_config
     family = run_config.get("family", "")
     model_class = resolve_family(family) if ":" in family else None
-    return ckpt.load(path, model_class=model_class), run_config
+    return ckpt.load(path, model_class=model_class), run_config  # type: ignore[arg-type]
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -134,10 +163,9 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = parse_overrides(extra)
-    cls = resolve_family(args.model)
     train = load_data(args.data, "train")
     val = None if args.no_val else load_data(args.data, "val")
-    model = cls(**train.spec(), **overrides["model"])
+    model = _build(args.model, train.spec(), overrides["model"])
     out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
     history = fit(
         model,
@@ -164,6 +192,9 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
     run_config["data"] = args.data
+    if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
+        run_config["builder"] = args.model
+        run_config["builder_options"] = overrides["model"]
     config_path.write_text(json.dumps(run_config, indent=2))
     ev = evaluate(model, val if val is not None else train, seed=args.seed)
     print(

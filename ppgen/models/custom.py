@@ -10,11 +10,23 @@ Conventions the wrapped programs follow:
     ``pyro.plate("data", N)``; latent sites are any other sample sites. ``guide_fn(x=None)`` (if
     any) samples the same latent sites.
 
-Parameters: those of the ``PyroModule`` the functions are bound to, plus every
-``pyro.param`` statement inside them. The latter are captured into this module (never Pyro's
-global param store) the first time the programs run on ``example`` data, so they are ordinary
-``nn.Parameter`` s that optimizers, ``state_dict`` and checkpoints see. Constrained params are
-stored unconstrained and transformed on use, as Pyro does.
+Parameters, all ordinary ``nn.Parameter`` s of the wrapper that optimizers, ``state_dict`` and
+checkpoints see:
+
+- those of every ``nn.Module`` the programs reach by name: the owner of a bound method, and
+  modules among a plain function's closure variables and the global names its code uses;
+- every ``pyro.param`` statement inside the programs, captured into the wrapper (never Pyro's
+  global param store) when the programs first run on ``example`` data; constrained params are
+  stored unconstrained and transformed on use, as Pyro does;
+- a module's own parameters met in a ``pyro.module(name, net)`` statement (or a ``PyroModule``'s
+  parameter statements) are served *as they are* and trained in place, never copied.
+
+A parameter statement that first runs after the wrapper was built (no ``example`` given) would
+never reach the optimizer, so it raises :class:`LateParameterError` naming the fix.
+
+A module that defines ``__eq__`` without ``__hash__`` (a dataclass-style module) cannot be a
+torch submodule (torch keeps modules in sets); its parameters and buffers are held by reference
+instead, and ``.to()``/``train()`` are forwarded to it.
 """
 
 from __future__ import annotations
@@ -23,11 +35,13 @@ __all__ = [
     "BoundPyroProgram",
     "ExactPyroProgram",
     "ImplicitPyroProgram",
+    "LateParameterError",
     "PyroProgramConfig",
     "from_pyro",
 ]
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -50,9 +64,15 @@ class PyroProgramConfig(ModelConfig):
     name: str = "pyro_program"
 
 
+class LateParameterError(ValueError):
+    """A parameter statement ran for the first time after the wrapper was built, so no
+    optimizer would ever see that parameter."""
+
+
 class _CaptureParams(Messenger):
-    """Serves ``pyro.param`` statements from the owner's ``nn.ParameterDict``, creating each
-    (unconstrained) on first use."""
+    """Serves ``pyro.param`` statements from the owner: a module's own ``nn.Parameter`` as it is
+    (adopted if the owner does not hold it yet), anything else from the owner's
+    ``nn.ParameterDict``, created (unconstrained) on first use."""
 
     def __init__(self, owner: _PyroProgram) -> None:
         super().__init__()
@@ -60,20 +80,81 @@ class _CaptureParams(Messenger):
 
     def _pyro_param(self, msg: dict[str, Any]) -> None:
         name = msg["name"]
+        args = msg["args"]
+        init = args[1] if len(args) > 1 else None
         constraint = msg["kwargs"].get("constraint", constraints.real)
+        if isinstance(init, nn.Parameter) and isinstance(constraint, type(constraints.real)):
+            # a module's parameter (pyro.module, a PyroModule's statement): trained in place
+            self.owner._adopt(name, init)
+            msg["value"] = init
+            msg["done"] = True
+            return
         key = name.replace(".", "__")
         params = self.owner.user_params
         if key not in params:
-            args = msg["args"]
-            if len(args) < 2:
-                raise ValueError(f"pyro.param({name!r}) has no initial value")
-            init = args[1]() if callable(args[1]) else args[1]
+            if init is None:
+                return  # e.g. a PyroModule's PyroParam: Pyro serves it from its module
+            self.owner._check_open(name)
+            init = init() if callable(init) else init
             with torch.no_grad():
                 unconstrained = biject_to(constraint).inv(torch.as_tensor(init))
             params[key] = nn.Parameter(unconstrained.detach().clone())
             self.owner._constraints[key] = constraint
+            self.owner._known = None
         msg["value"] = biject_to(constraint)(params[key])
         msg["done"] = True
+
+
+class _ByReference(nn.Module):
+    """The parameters and buffers of a module torch cannot register as a submodule (one that
+    defines ``__eq__`` without ``__hash__``), held by reference under flattened names.
+    ``.to()``/``.double()`` and ``train()``/``eval()`` act on the module itself."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["target"] = module
+        self._collect()
+
+    def _collect(self) -> None:
+        self._parameters.clear()
+        self._buffers.clear()
+        stack: list[tuple[str, nn.Module]] = [("", self.__dict__["target"])]
+        while stack:  # walked by hand: torch's walkers put every module in a set
+            prefix, module = stack.pop()
+            for name, p in module._parameters.items():
+                if p is not None:
+                    self._parameters.setdefault(prefix + name, p)
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    self._buffers.setdefault(prefix + name, b)
+            stack += [(f"{prefix}{n}__", m) for n, m in module._modules.items() if m is not None]
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> _ByReference:
+        self.__dict__["target"]._apply(fn)
+        self._collect()
+        return self
+
+    def train(self, mode: bool = True) -> _ByReference:
+        self.__dict__["target"].train(mode)
+        return super().train(mode)
+
+
+def _modules_reached(fn: Callable[..., Any] | None) -> list[nn.Module]:
+    """The modules a program reaches by name: the owner of a bound method, and the modules among
+    a function's closure variables and the global names its code uses."""
+    if fn is None:
+        return []
+    found = []
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, nn.Module):
+        found.append(owner)
+    func = inspect.unwrap(getattr(fn, "__func__", fn))
+    if inspect.isfunction(func):
+        names = inspect.getclosurevars(func)
+        for value in (*names.nonlocals.values(), *names.globals.values()):
+            if isinstance(value, nn.Module):
+                found.append(value)
+    return found
 
 
 class _PyroProgram(AbstractGenerativeModel):
@@ -99,19 +180,53 @@ class _PyroProgram(AbstractGenerativeModel):
             )
         self._model_fn = model_fn
         self._guide_fn = guide_fn
-        owners = {getattr(fn, "__self__", None) for fn in (model_fn, guide_fn)}
-        self.user_modules = nn.ModuleList(m for m in owners if isinstance(m, nn.Module))
+        # by identity: a module may define __eq__ without __hash__ (then it is held by reference)
+        reached = {id(m): m for m in _modules_reached(model_fn) + _modules_reached(guide_fn)}
+        self.user_modules = nn.ModuleList(
+            m if type(m).__hash__ is not None else _ByReference(m) for m in reached.values()
+        )
         self.user_params = nn.ParameterDict()
         self._constraints: dict[str, constraints.Constraint] = {}
+        self._known: set[int] | None = None  # ids of the parameters held, rebuilt on demand
+        self._open = True  # parameter statements may create or adopt parameters
         if example is not None:
             with torch.no_grad():
                 self._run(self._model_fn, example)
                 if self._guide_fn is not None:
                     self._run(self._guide_fn, example)
+        self._open = False
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with pyro.settings.context(module_local_params=True), _CaptureParams(self):
-            return fn(*args)
+        # module_local_params off: a user's PyroModule built under Pyro's default setting cannot
+        # run with it on. A PyroModule's PyroParam then writes itself into the global store:
+        # such new names are removed again. (Not store.scope(): its get_state strips the
+        # ``unconstrained`` attribute from live params that Pyro's JIT replays.)
+        store = pyro.get_param_store()
+        before = set(store.keys())
+        try:
+            with pyro.settings.context(module_local_params=False), _CaptureParams(self):
+                return fn(*args)
+        finally:
+            for name in set(store.keys()) - before:
+                del store[name]
+
+    def _check_open(self, name: str) -> None:
+        if not self._open:
+            raise LateParameterError(
+                f"the parameter statement {name!r} first ran after the model was built, so "
+                "training would never update it; pass example=a data batch to ppgen.from_pyro "
+                "(the programs then run once at construction and every parameter is registered)"
+            )
+
+    def _adopt(self, name: str, p: nn.Parameter) -> None:
+        """Hold a module's parameter met in a parameter statement (if not held already)."""
+        if self._known is None or id(p) not in self._known:
+            self._known = {id(q) for q in self.parameters()}
+        if id(p) in self._known:
+            return
+        self._check_open(name)
+        self.user_params[name.replace(".", "__")] = p
+        self._known.add(id(p))
 
     def model(self, x: Tensor | None = None, context: Tensor | None = None) -> Any:
         return self._run(self._model_fn, x)
@@ -195,7 +310,9 @@ def from_pyro(
         kind: the data kind, as for datasets.
         levels: the number of levels of discrete data.
         example: a batch to run the programs on once, creating their ``pyro.param`` s as
-            module parameters before training (pass it whenever the programs use ``pyro.param``).
+            module parameters before training (pass it whenever the programs use
+            ``pyro.param`` or ``pyro.module``; without it such a statement raises
+            :class:`LateParameterError`).
         name: a display name.
 
     Example:

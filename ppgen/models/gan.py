@@ -71,6 +71,10 @@ class GANConfig(ModelConfig):
         architecture: ``"mlp"``, ``"dcgan"`` (images ``(C, H, W)``) or ``"auto"`` (DCGAN for
             3-D event shapes, MLP otherwise).
         spectral_norm: spectral normalization of every discriminator layer (Miyato et al. 2018).
+        prior: the latent prior: ``"normal"`` (N(0, I_k)) or ``"flow"``, a learned MAF prior
+            over z (``transforms`` masked affine steps, trained adversarially with the
+            generator through its reparameterized draws; AIS and NUTS then use its density).
+        transforms: steps of the flow prior.
         r1: weight ``gamma`` of the R1 penalty ``gamma/2 E||grad D(x_real)||^2`` the trainer uses
             by default (Mescheder et al. 2018); 0 turns it off; None (default) is 0.1 for
             ``ns``/``minimax``/``hinge`` and 0 for ``wgan-gp``, whose gradient penalty plays
@@ -82,6 +86,8 @@ class GANConfig(ModelConfig):
     objective: GANLoss = "ns"
     architecture: Literal["auto", "mlp", "dcgan"] = "auto"
     spectral_norm: bool = False
+    prior: Literal["normal", "flow"] = "normal"
+    transforms: int = 2
     r1: float | None = None
 
     def __post_init__(self) -> None:
@@ -96,6 +102,10 @@ class GANConfig(ModelConfig):
             raise ValueError(
                 f"architecture must be auto, mlp or dcgan, got {self.architecture!r}"
             )
+        if self.prior not in ("normal", "flow"):
+            raise ValueError(f"prior must be 'normal' or 'flow', got {self.prior!r}")
+        if self.prior == "flow" and self.transforms < 1:
+            raise ValueError(f"a flow prior needs transforms >= 1, got {self.transforms}")
         if self.r1 is not None and self.r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {self.r1}")
         if self.resolved_architecture == "dcgan":
@@ -275,6 +285,15 @@ class GAN(AbstractGenerativeModel):
             self.generator: nn.Module = _DCGANGenerator(cfg.latent, cfg.event_shape, cfg.hidden)
         else:
             self.generator = _MLPGenerator(cfg.latent, cfg.num_dims, cfg.hidden)
+        if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
+            from ppgen.models.flows import Flow, MaskedAffineAutoregressive
+
+            k = cfg.latent
+            orders = [torch.arange(k) if i % 2 == 0 else torch.arange(k).flip(0)
+                      for i in range(cfg.transforms)]
+            self.prior_flow = Flow(
+                [MaskedAffineAutoregressive(k, 0, (4 * k, 4 * k), o) for o in orders], (k,)
+            )
         # The Gaussian observation model's scale, in the model's space (level units for
         # discrete data); a buffer so that a selected value travels with checkpoints.
         self.register_buffer("_observation_scale", torch.tensor(1.0))
@@ -294,17 +313,33 @@ class GAN(AbstractGenerativeModel):
         assert self.config.levels is not None
         return self.config.levels * torch.sigmoid(out)
 
+    def prior(self) -> dist.TorchDistribution:
+        """p(z), event shape ``(latent,)``: N(0, I) or the learned flow."""
+        if self.config.prior == "flow":
+            return self.prior_flow()
+        return dist.Normal(self._observation_scale.new_zeros(self.config.latent), 1.0).to_event(1)
+
+    def sample_latent(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws of z from :meth:`prior` with ``generator``, ``(n, latent)``."""
+        ref = self._observation_scale
+        eps = torch.randn(
+            n, self.config.latent, generator=generator, device=ref.device, dtype=ref.dtype
+        )
+        if self.config.prior == "flow":
+            return self.prior_flow().transform.inverse(eps)
+        return eps
+
     @pyro_program
     def model(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
-        """``z ~ N(0, I)`` at ``"z"``, ``x = G(z)`` as a Delta at ``"x"`` (observed when given;
-        discrete data as ``x + u`` with the latent ``"u" ~ U[0, 1)``). Broadcasts over outer
-        (particle) plates. Returns the value at ``"x"``."""
+        """``z ~ p(z)`` (N(0, I) or the flow prior) at ``"z"``, ``x = G(z)`` as a Delta at
+        ``"x"`` (observed when given; discrete data as ``x + u`` with the latent
+        ``"u" ~ U[0, 1)``). Broadcasts over outer (particle) plates. Returns the value at
+        ``"x"``."""
         n = 1 if x is None else x.shape[0]
         k = len(self.event_shape)
         ref = self._observation_scale
         with pyro.plate("data", n):
-            loc = ref.new_zeros(self.config.latent)
-            z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))  # (..., N, latent)
+            z = pyro.sample("z", self.prior())  # (..., N, latent)
             g = self.generate(z)  # (..., N, *event)
             obs = x
             if x is not None and self.config.kind != "continuous":
@@ -329,10 +364,7 @@ class GAN(AbstractGenerativeModel):
         ref = self._observation_scale
         if seed is not None:
             generator = torch.Generator(device=ref.device).manual_seed(seed)
-        z = torch.randn(
-            n, self.config.latent, generator=generator, device=ref.device, dtype=ref.dtype
-        )
-        x = self.generate(z)
+        x = self.generate(self.sample_latent(n, generator=generator))
         if self.config.kind == "continuous":
             return x
         assert self.config.levels is not None

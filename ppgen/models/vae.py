@@ -35,7 +35,9 @@ from torch.distributions import constraints
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
 from ppgen.models.nets import MLP
 
-Decoder = Literal["auto", "bernoulli", "binomial", "categorical", "logistic_mixture", "gaussian"]
+Decoder = Literal[
+    "auto", "bernoulli", "binomial", "categorical", "logistic_mixture", "gaussian", "made"
+]
 _PARAMS = {"bernoulli": 1, "binomial": 1, "gaussian": 2}  # per dim; categorical/mixture below
 _MIN_SCALE = 1e-3  # floor of the Gaussian decoder's std, in units of the data's std
 
@@ -52,7 +54,10 @@ class VAEConfig(ModelConfig):
             ``2 ** len(hidden)``).
         decoder: ``"auto"`` (bernoulli for binary, binomial for discrete, gaussian for
             continuous data), or one of ``bernoulli``, ``binomial``, ``categorical``,
-            ``logistic_mixture`` (discrete/binary data) and ``gaussian`` (continuous data).
+            ``logistic_mixture`` (discrete/binary data) and ``gaussian`` (continuous data), or
+            ``made``: an autoregressive decoder ``prod_d p(x_d | x_<d, z)`` for any
+            kind (a conditional MADE, ``ppgen.models.autoregressive.decoder``; sampling takes
+            D passes).
         logistic_components: mixture components of the ``logistic_mixture`` decoder.
         prior: ``"normal"`` (N(0, I)), ``"mixture"`` (a learned mixture of ``components``
             diagonal Gaussians) or ``"flow"`` (a learned flow; needs ``ppgen.models.flows``).
@@ -308,6 +313,11 @@ class VAE(AbstractGenerativeModel):
         p = self.params_per_dim
         # an IAF posterior reads a context h(x) from the encoder besides the base Gaussian
         features = (cfg.hidden[-1] if cfg.hidden else 2 * latent) if cfg.posterior == "iaf" else 0
+        if self.decoder_kind == "made":  # encoder as configured; the decoder is autoregressive
+            from ppgen.models.autoregressive.decoder import MADEDecoder
+
+            self.decoder = MADEDecoder(cfg.event_shape, cfg.kind, cfg.levels,
+                                       tuple(reversed(cfg.hidden)), latent + classes)
         if cfg.net == "conv":
             if len(cfg.event_shape) != 3 or not cfg.hidden:
                 raise ValueError("net='conv' needs image-shaped data (C, H, W) and hidden widths")
@@ -319,10 +329,12 @@ class VAE(AbstractGenerativeModel):
                 )
             self.encoder = _ConvEncoder(cfg.event_shape, cfg.hidden, classes,
                                         2 * latent + features)
-            self.decoder = _ConvDecoder(cfg.event_shape, cfg.hidden, latent + classes, p)
+            if p:
+                self.decoder = _ConvDecoder(cfg.event_shape, cfg.hidden, latent + classes, p)
         elif cfg.net == "mlp":
             self.encoder = MLP(d + classes, 2 * latent + features, cfg.hidden)
-            self.decoder = MLP(latent + classes, d * p, tuple(reversed(cfg.hidden)))
+            if p:
+                self.decoder = MLP(latent + classes, d * p, tuple(reversed(cfg.hidden)))
         else:
             raise ValueError(f"net must be 'mlp' or 'conv', got {cfg.net!r}")
         if cfg.prior == "mixture":
@@ -375,7 +387,7 @@ class VAE(AbstractGenerativeModel):
             )
         if cfg.decoder == "bernoulli" and cfg.kind != "binary":
             raise ValueError("decoder='bernoulli' needs binary data; use binomial/categorical")
-        if cfg.decoder not in (*discrete, "gaussian"):
+        if cfg.decoder not in (*discrete, "gaussian", "made"):
             raise ValueError(f"unknown decoder {cfg.decoder!r}")
         return cfg.decoder
 
@@ -437,6 +449,8 @@ class VAE(AbstractGenerativeModel):
         ``(..., N, latent)``."""
         c = self._one_hot(context, z.shape[:-1])
         inp = z if c is None else torch.cat([z, c], -1)
+        if self.decoder_kind == "made":
+            return self.decoder(inp)
         out = self.decoder(inp)
         shape, p = self.event_shape, self.params_per_dim
         if self.config.net == "conv":  # (..., C * p, H, W) -> (..., C, H, W, p)
@@ -548,6 +562,8 @@ class VAE(AbstractGenerativeModel):
         """A draw of x from p(x | z), with ``generator`` (torch's samplers ignore one)."""
         base = px.base_dist if isinstance(px, dist.Independent) else px
         kind = self.decoder_kind
+        if kind == "made":
+            return px.sample(generator=generator)
         if kind == "bernoulli":
             return torch.bernoulli(base.probs, generator=generator)
         if kind == "binomial":
