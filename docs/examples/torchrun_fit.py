@@ -30,7 +30,8 @@ TINY = os.environ.get("PPGEN_TINY") == "1"  # CI runs every example with tiny se
 def model(x=None):
     """A user's 8-component Gaussian mixture (pyro.param statements become module parameters)."""
     weights = pyro.param("weights", torch.ones(8) / 8, constraint=constraints.simplex)
-    locs = pyro.param("locs", lambda: torch.randn(8, 2, generator=torch.Generator().manual_seed(0)))
+    seeded = torch.Generator().manual_seed(0)
+    locs = pyro.param("locs", lambda: torch.randn(8, 2, generator=seeded))
     scale = pyro.param("scale", torch.ones(8, 2), constraint=constraints.positive)
     mix = dist.MixtureSameFamily(dist.Categorical(weights), dist.Normal(locs, scale).to_event(1))
     with pyro.plate("data", 1 if x is None else x.shape[0]):

@@ -19,7 +19,7 @@ import torch
 import ppgen
 
 
-@dataclasses.dataclass(eq=False)  # hashable: from_pyro collects bound owners in a set
+@dataclasses.dataclass(eq=False)  # compared by identity, like any module
 class PPCA:
     W: torch.Tensor  # (D, L)
     mu: torch.Tensor  # (D,)
