@@ -99,11 +99,12 @@ def _diffusers_sample(model: DDPM, cls: type, steps: int, n: int, seed: int, cli
 
 
 def quality(name: str, steps: int, seed: int, n: int = 1000, rounds: int = 3,
-            bound: bool = True) -> dict:
+            bound: bool = True, samplers: tuple[str, ...] | None = None) -> dict:
     """Train the DDPM on ``name`` for ``steps`` steps, then time and score every sampler over
     ``rounds`` alternating rounds of ``n`` samples (2 rounds scored), and (``bound``) the
     test split's bound. Returns per-sampler energy distance and seconds per 1000 samples, and
-    ``"<lib> speedup"`` (DDPM-1000 over DDIM-50 time) and ``"<lib> ed_ratio"``."""
+    ``"<lib> speedup"`` (DDPM-1000 over DDIM-50 time) and ``"<lib> ed_ratio"``. ``samplers``:
+    the labels to run (default: all four)."""
     d = _data(name)
     model = ppgen.build("ddpm", d["train"], timesteps=1000, hidden=[256, 256, 256], **d["build"])
     t0 = time.perf_counter()
@@ -123,6 +124,7 @@ def quality(name: str, steps: int, seed: int, n: int = 1000, rounds: int = 3,
             model, DDIMScheduler, 50, n, s, d["clip"]
         ),
     }
+    runs = {k: v for k, v in runs.items() if samplers is None or k in samplers}
     samples: dict[str, list[Tensor]] = {k: [] for k in runs}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(rounds):  # alternating rounds: `rounds` x n samples each, timed; 2n scored
@@ -142,6 +144,8 @@ def quality(name: str, steps: int, seed: int, n: int = 1000, rounds: int = 3,
         }
         print(f"  {name} {label}: {out[label]}", flush=True)
     for lib in ("ppgen", "diffusers"):
+        if f"{lib} DDPM-1000" not in out or f"{lib} DDIM-50" not in out:
+            continue
         ddpm, ddim = out[f"{lib} DDPM-1000"], out[f"{lib} DDIM-50"]
         out[f"{lib} speedup"] = ddpm["sample_s_per_1000"] / ddim["sample_s_per_1000"]
         out[f"{lib} ed_ratio"] = ddim["ed"] / ddpm["ed"]

@@ -144,7 +144,7 @@ def _flow_rows(name: str, res: dict, goals: dict, where: str, setting: str) -> l
 def flows_speed(quick: bool, seed: int) -> tuple[list[Row], Any]:
     from benchmarks import flows
 
-    rounds, calls = (3, 1) if quick else (7, 3)
+    rounds, calls = (3, 2) if quick else (7, 3)
     torch.manual_seed(seed)
     res = flows.speed(64, 256, 1024, rounds, flows.LIBS, flows.FLOWS, 1024, calls)
     setting = f"throughput, median of {rounds} rounds x {calls} calls"
@@ -154,7 +154,7 @@ def flows_speed(quick: bool, seed: int) -> tuple[list[Row], Any]:
 def flows_overhead(quick: bool, seed: int) -> tuple[list[Row], Any]:
     from benchmarks import flows
 
-    rounds, calls = (3, 1) if quick else (9, 3)
+    rounds, calls = (3, 2) if quick else (9, 3)
     torch.manual_seed(seed)
     res = flows.speed(2, 64, 1024, rounds, flows.LIBS, flows.FLOWS, 1024, calls * 5)
     setting = f"per call, median of {rounds} rounds x {calls * 5} calls"
@@ -236,13 +236,15 @@ def diffusion_overhead(quick: bool, seed: int) -> tuple[list[Row], Any]:
 def diffusion_samplers(quick: bool, seed: int) -> tuple[list[Row], Any]:
     from benchmarks import diffusion
 
-    if quick:  # the speed does not depend on the weights: a short training suffices
-        datasets, steps, n = ("moons",), 100, 250
+    if quick:  # the speed does not depend on the weights: a short training suffices, and
+        # diffusers' samplers (no goal here) are left out
+        datasets, steps, samplers = ("moons",), 100, ("ppgen DDPM-1000", "ppgen DDIM-50")
     else:
-        datasets, steps, n = ("moons", "digits"), 4000, 1000
+        datasets, steps, samplers = ("moons", "digits"), 4000, None
     rows, raw = [], {}
+    n = 1000
     for name in datasets:
-        r = diffusion.quality(name, steps, seed, n=n, rounds=3, bound=False)
+        r = diffusion.quality(name, steps, seed, n=n, rounds=3, bound=False, samplers=samplers)
         raw[name] = r
         setting = f"{steps} training steps, {n} samples, median of 3 rounds"
         rows.append(Row("diffusion-samplers",
