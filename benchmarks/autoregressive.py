@@ -38,9 +38,10 @@ BUDGETS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def sampling(n: int, repeats: int, hidden: int) -> list[dict]:
+def sampling(n: int, repeats: int, hidden: int,
+             datas: tuple[str, ...] = ("digits-binary", "digits")) -> list[dict]:
     rows = []
-    for data in ("digits-binary", "digits"):
+    for data in datas:
         ds = ppgen.datasets.load(data, "train")
         torch.manual_seed(0)
         m = ppgen.build("nade", ds, hidden=[hidden]).eval()

@@ -98,7 +98,13 @@ def _diffusers_sample(model: DDPM, cls: type, steps: int, n: int, seed: int, cli
     return x
 
 
-def _quality(name: str, steps: int, seed: int) -> dict:
+def quality(name: str, steps: int, seed: int, n: int = 1000, rounds: int = 3,
+            bound: bool = True, samplers: tuple[str, ...] | None = None) -> dict:
+    """Train the DDPM on ``name`` for ``steps`` steps, then time and score every sampler over
+    ``rounds`` alternating rounds of ``n`` samples (2 rounds scored), and (``bound``) the
+    test split's bound. Returns per-sampler energy distance and seconds per 1000 samples, and
+    ``"<lib> speedup"`` (DDPM-1000 over DDIM-50 time) and ``"<lib> ed_ratio"``. ``samplers``:
+    the labels to run (default: all four)."""
     d = _data(name)
     model = ppgen.build("ddpm", d["train"], timesteps=1000, hidden=[256, 256, 256], **d["build"])
     t0 = time.perf_counter()
@@ -109,18 +115,19 @@ def _quality(name: str, steps: int, seed: int) -> dict:
     from diffusers import DDIMScheduler, DDPMScheduler
 
     runs = {
-        "ppgen DDPM-1000": lambda s: model.sample(1000, seed=s, sampler="ddpm"),
-        "ppgen DDIM-50": lambda s: model.sample(1000, seed=s, sampler="ddim", sampling_steps=50),
+        "ppgen DDPM-1000": lambda s: model.sample(n, seed=s, sampler="ddpm"),
+        "ppgen DDIM-50": lambda s: model.sample(n, seed=s, sampler="ddim", sampling_steps=50),
         "diffusers DDPM-1000": lambda s: _diffusers_sample(
-            model, DDPMScheduler, 1000, 1000, s, d["clip"]
+            model, DDPMScheduler, 1000, n, s, d["clip"]
         ),
         "diffusers DDIM-50": lambda s: _diffusers_sample(
-            model, DDIMScheduler, 50, 1000, s, d["clip"]
+            model, DDIMScheduler, 50, n, s, d["clip"]
         ),
     }
+    runs = {k: v for k, v in runs.items() if samplers is None or k in samplers}
     samples: dict[str, list[Tensor]] = {k: [] for k in runs}
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(3):  # alternating rounds: 3 x 1000 samples each, timed; 2000 scored
+    for r in range(rounds):  # alternating rounds: `rounds` x n samples each, timed; 2n scored
         for label, draw in runs.items():
             t0 = time.perf_counter()
             samples[label].append(draw(seed + 1 + r))
@@ -132,14 +139,18 @@ def _quality(name: str, steps: int, seed: int) -> dict:
         x = space(x)
         out[label] = {
             "ed": energy_distance(x, held),
-            "sample_s_per_1000": statistics.median(times[label]),
+            "sample_s_per_1000": statistics.median(times[label]) * 1000 / n,
             "finite": bool(torch.isfinite(x).all()),
         }
         print(f"  {name} {label}: {out[label]}", flush=True)
     for lib in ("ppgen", "diffusers"):
+        if f"{lib} DDPM-1000" not in out or f"{lib} DDIM-50" not in out:
+            continue
         ddpm, ddim = out[f"{lib} DDPM-1000"], out[f"{lib} DDIM-50"]
         out[f"{lib} speedup"] = ddpm["sample_s_per_1000"] / ddim["sample_s_per_1000"]
         out[f"{lib} ed_ratio"] = ddim["ed"] / ddpm["ed"]
+    if not bound:
+        return out
     # the bound, on the test split as given
     test = ppgen.datasets.load("digits" if name == "digits" else "moons", "test")
     x_test = test.data if name == "digits" else held[:1000]  # the exact sum costs T calls each
@@ -152,7 +163,7 @@ def _quality(name: str, steps: int, seed: int) -> dict:
     return out
 
 
-def _overhead(dims: int, rounds: int, clip: bool) -> dict:
+def overhead(dims: int, rounds: int, clip: bool) -> dict:
     """Median seconds per step of each sampler loop with the network replaced by a constant,
     x0 clipped to [-1, 1] (discrete data) or not (continuous data) on both sides."""
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -216,12 +227,12 @@ def main() -> None:
     results["diffusers"] = diffusers.__version__
     for dims, clip in ((2, False), (64, False), (64, True)):
         key = f"overhead_D{dims}" + ("_clipped" if clip else "")
-        results[key] = r = _overhead(dims, args.rounds, clip)
+        results[key] = r = overhead(dims, args.rounds, clip)
         print(f"{key}: {r}", flush=True)
     if not args.skip_quality:
         for name in args.datasets:
             print(f"== {name}", flush=True)
-            results[name] = _quality(name, args.steps, args.seed)
+            results[name] = quality(name, args.steps, args.seed)
     print(json.dumps(results, indent=1, default=float))
     if args.json:
         with open(args.json, "w") as f:

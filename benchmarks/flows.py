@@ -193,6 +193,26 @@ def speed(d: int, hidden: int, batch: int, rounds: int, libs: list[str], flows: 
     return out
 
 
+def goal_ratios(res: dict, goals: dict[str, list[tuple[str, str, float]]]) -> list[dict]:
+    """ppgen's throughput over the best peer's for each goal of ``goals`` (all ratios are
+    "higher is better"; a goal holds when ratio >= goal). ``peer`` "fastest" means every peer
+    in ``res``; peers absent from ``res`` are skipped."""
+    rows = []
+    for flow, per_lib in res.items():
+        pp = per_lib.get("ppgen")
+        if pp is None:
+            continue
+        for metric, peer, goal in goals.get(flow, []):
+            peers = [p for p in per_lib if p != "ppgen"] if peer == "fastest" else [peer]
+            peers = [p for p in peers if p in per_lib]
+            if not peers:
+                continue
+            name = max(peers, key=lambda p: per_lib[p][metric])
+            rows.append({"flow": flow, "metric": metric, "peer": peer, "best_peer": name,
+                         "ratio": pp[metric] / per_lib[name][metric], "goal": goal})
+    return rows
+
+
 def print_speed(title: str, res: dict, goals: dict[str, list[tuple[str, str, float]]]) -> None:
     print(f"\n## {title}")
     for flow, per_lib in res.items():
@@ -203,19 +223,10 @@ def print_speed(title: str, res: dict, goals: dict[str, list[tuple[str, str, flo
             print(f"{lib:<10} {r['log_prob_per_s']:>11.0f} {r['log_prob_ms']:>8.2f} "
                   f"{r['train_steps_per_s']:>11.2f} {r['train_ms']:>9.2f} "
                   f"{r['samples_per_s']:>10.0f} {r['sample_ms']:>10.1f}")
-        pp = per_lib.get("ppgen")
-        if pp is None:
-            continue
-        for metric, peer, goal in goals.get(flow, []):
-            peers = [p for p in per_lib if p != "ppgen"] if peer == "fastest" else [peer]
-            peers = [p for p in peers if p in per_lib]
-            if not peers:
-                continue
-            best = max(per_lib[p][metric] for p in peers)
-            name = max(peers, key=lambda p: per_lib[p][metric])
-            ratio = pp[metric] / best
-            ok = "holds" if ratio >= goal else "MISSED"
-            print(f"  {metric}: ppgen / {peer} ({name}) = {ratio:.2f}x  (goal >= {goal}x: {ok})")
+        for g in goal_ratios({flow: per_lib}, goals):
+            ok = "holds" if g["ratio"] >= g["goal"] else "MISSED"
+            print(f"  {g['metric']}: ppgen / {g['peer']} ({g['best_peer']}) = {g['ratio']:.2f}x"
+                  f"  (goal >= {g['goal']}x: {ok})")
 
 
 SPEED_GOALS = {

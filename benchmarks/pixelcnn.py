@@ -69,10 +69,11 @@ def bits_per_dim(preset: str) -> list[dict]:
     return rows
 
 
-def sampling(rounds: int) -> list[dict]:
+def sampling(rounds: int, families: tuple[str, ...] = ("pixelcnn", "gated-pixelcnn"),
+             cases: list[tuple[int, int, int]] = SAMPLING_CASES) -> list[dict]:
     rows = []
-    for family in ("pixelcnn", "gated-pixelcnn"):
-        for size, levels, n in SAMPLING_CASES:
+    for family in families:
+        for size, levels, n in cases:
             torch.manual_seed(0)
             cls = ppgen.models.get(family)
             model = cls(event_shape=(1, size, size), kind="discrete", levels=levels).eval()

@@ -116,6 +116,44 @@ def _ppgen_epochs(model: ppgen.models.AbstractGenerativeModel, train: ppgen.data
     return [b - a for a, b in zip(times[start:], times[start + 1 :], strict=False)][:epochs]
 
 
+def alternate_epochs(train: ppgen.datasets.Dataset, epochs: int, chunk: int, trace_epochs: int,
+                     seed: int) -> tuple[dict[str, list[float]], dict]:
+    """Train the arms from the same initial weights, alternating rounds of ``chunk`` epochs
+    (ppgen, plain, and trace during the first ``trace_epochs``); returns the seconds of every
+    epoch per arm and ``{"ours", "plain", "init"}`` (the trained models and initial weights)."""
+    spe = len(train) // BATCH
+    x_train = train.data.reshape(len(train), -1)
+    # 1. the same initial weights in every arm (after ppgen's data-dependent init, which the
+    #    trainer runs on the batch of step 0)
+    torch.manual_seed(seed)
+    ours = ppgen.build("vae", train, latent=LATENT, hidden=list(HIDDEN))
+    ours.initialize(train.data[batch_indices(len(train), BATCH, seed, 0)])
+    init = {k: v.clone() for k, v in ours.state_dict().items()}
+    traced = ppgen.build("vae", train, latent=LATENT, hidden=list(HIDDEN))
+    traced.load_state_dict(init)
+    plain = PlainVAE()
+    _copy_weights(ours, plain)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=LR)
+    g = torch.Generator().manual_seed(seed)
+
+    # 2. alternate rounds of `chunk` epochs: ppgen, plain, (trace)
+    times: dict[str, list[float]] = {"ppgen": [], "plain": [], "trace": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        done = 0
+        while done < epochs:
+            n = min(chunk, epochs - done)
+            times["ppgen"] += _ppgen_epochs(ours, train, Path(tmp) / "ppgen", done, n, spe, seed)
+            times["plain"] += [_plain_epoch(plain, plain_opt, x_train, g) for _ in range(n)]
+            if done < trace_epochs:
+                m = min(n, trace_epochs - done)
+                times["trace"] += _ppgen_epochs(traced, train, Path(tmp) / "trace", done, m,
+                                                spe, seed, {"elbo": "Trace_ELBO"})
+            done += n
+            print(f"epoch {done}: median s/epoch ppgen {statistics.median(times['ppgen']):.4f}"
+                  f" plain {statistics.median(times['plain']):.4f}", flush=True)
+    return times, {"ours": ours, "plain": plain, "init": init}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=250)
@@ -129,39 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     train, test = (ppgen.datasets.load("digits", s) for s in ("train", "test"))
-    spe = len(train) // BATCH
-    x_train = train.data.reshape(len(train), -1)
     x_test = test.data.reshape(len(test), -1)
 
-    # 1. the same initial weights in every arm (after ppgen's data-dependent init, which the
-    #    trainer runs on the batch of step 0)
-    torch.manual_seed(args.seed)
-    ours = ppgen.build("vae", train, latent=LATENT, hidden=list(HIDDEN))
-    ours.initialize(train.data[batch_indices(len(train), BATCH, args.seed, 0)])
-    init = {k: v.clone() for k, v in ours.state_dict().items()}
-    traced = ppgen.build("vae", train, latent=LATENT, hidden=list(HIDDEN))
-    traced.load_state_dict(init)
-    plain = PlainVAE()
-    _copy_weights(ours, plain)
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=LR)
-    g = torch.Generator().manual_seed(args.seed)
-
-    # 2. alternate rounds of --chunk epochs: ppgen, plain, (trace)
-    times: dict[str, list[float]] = {"ppgen": [], "plain": [], "trace": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        done = 0
-        while done < args.epochs:
-            n = min(args.chunk, args.epochs - done)
-            times["ppgen"] += _ppgen_epochs(ours, train, Path(tmp) / "ppgen", done, n, spe,
-                                            args.seed)
-            times["plain"] += [_plain_epoch(plain, plain_opt, x_train, g) for _ in range(n)]
-            if done < args.trace_epochs:
-                m = min(n, args.trace_epochs - done)
-                times["trace"] += _ppgen_epochs(traced, train, Path(tmp) / "trace", done, m,
-                                                spe, args.seed, {"elbo": "Trace_ELBO"})
-            done += n
-            print(f"epoch {done}: median s/epoch ppgen {statistics.median(times['ppgen']):.4f}"
-                  f" plain {statistics.median(times['plain']):.4f}", flush=True)
+    times, arms = alternate_epochs(train, args.epochs, args.chunk, args.trace_epochs, args.seed)
+    ours, plain, init = arms["ours"], arms["plain"], arms["init"]
 
     # 3. test IWAE-100 of both, through ppgen.evaluate (plain weights loaded into a ppgen VAE)
     #    and the hand-written IWAE of the plain model as a cross-check

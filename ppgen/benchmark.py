@@ -20,6 +20,7 @@ __all__ = ["PRESETS", "run"]
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -134,14 +135,28 @@ _FULL: dict[str, dict[str, Any]] = {
     },
 }
 PRESETS: dict[str, dict[str, Any]] = {
+    # a smoke test of the whole pipeline: the quick families at 5 steps, short AIS schedules
     "tiny": {
-        "families": {k: {**v, "fit": {**v["fit"], "steps": 5}} for k, v in _QUICK.items()},
+        "families": {
+            k: {
+                **v,
+                "fit": {**v["fit"], "steps": 5},
+                "evaluate": {
+                    **v.get("evaluate", {}),
+                    **({"num_steps": 5} if "num_steps" in v.get("evaluate", {}) else {}),
+                },
+            }
+            for k, v in _QUICK.items()
+        },
         "seeds": [0],
         "num_samples": 64,
         "num_score": 64,
+        "density_grid": 16,
     },
-    "quick": {"families": _QUICK, "seeds": [0], "num_samples": 1000, "num_score": 1000},
-    "full": {"families": _FULL, "seeds": [0, 1, 2], "num_samples": 1000, "num_score": 1000},
+    "quick": {"families": _QUICK, "seeds": [0], "num_samples": 1000, "num_score": 1000,
+              "density_grid": 64},
+    "full": {"families": _FULL, "seeds": [0, 1, 2], "num_samples": 1000, "num_score": 1000,
+             "density_grid": 100},
 }
 
 
@@ -157,6 +172,7 @@ class FamilyResult:
     sample_seconds_per_1000: float
     score_seconds_per_1000: float
     latents: list[str]
+    posterior: list[str]
     quality: dict[str, Any]
     steps: int
 
@@ -173,6 +189,31 @@ def _latent_sites(model: AbstractGenerativeModel, x: Tensor) -> list[str]:
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     ]
+
+
+def _posterior_methods(
+    model: AbstractGenerativeModel, x: Tensor, latents: list[str]
+) -> list[str]:
+    """The ``ppgen.posterior`` methods available: ``"guide"`` when the guide draws every latent
+    site (an amortized q(z | x)), ``"nuts"`` whenever there are latent sites (MCMC over them
+    with the networks fixed; an implicit model's Delta site smoothed by its observation scale)."""
+    if not latents:
+        return []
+    from pyro import poutine
+
+    with torch.no_grad():
+        trace = poutine.trace(model.guide).get_trace(x)
+    drawn = {name for name, site in trace.nodes.items() if site["type"] == "sample"}
+    return (["guide"] if set(latents) <= drawn else []) + ["nuts"]
+
+
+def _short(names: list[str], most: int = 4) -> str:
+    """A list of site names for a table cell: long lists (a diffusion's x_1..x_T) shortened."""
+    if not names:
+        return "none"
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{names[0]}, ..., {names[-1]} ({len(names)} sites)"
 
 
 def _timed(fn: Any, repeats: int = 3) -> float:
@@ -224,8 +265,11 @@ def _measure(
     progress: bool,
     num_samples: int,
     num_score: int,
-) -> tuple[FamilyResult, Tensor]:
-    model = models.build(name, train, **spec.get("build", {}))
+    density_grid: int | None = None,
+    model: AbstractGenerativeModel | None = None,
+) -> tuple[FamilyResult, Tensor, Any]:
+    if model is None:
+        model = models.build(name, train, **spec.get("build", {}))
     run_dir = out / f"{name}-seed{seed}"
     t0 = time.perf_counter()
     hist = fit(
@@ -258,6 +302,10 @@ def _measure(
         lambda: evaluate(model, x_score, seed=seed, **ev_options), repeats=1
     )
     quality = _quality(samples, test, seed)
+    if density_grid and _two_d(test):
+        _density_figure(model, name, ev.kind, test, ev_options, seed, density_grid,
+                        out / f"density-{name}.png")
+    latents = _latent_sites(model, test.data[:2].to(device))
     result = FamilyResult(
         family=name,
         seed=seed,
@@ -267,19 +315,42 @@ def _measure(
         train_seconds=train_seconds,
         sample_seconds_per_1000=sample_s * 1000 / num_samples,
         score_seconds_per_1000=score_s * 1000 / num_score,
-        latents=_latent_sites(model, test.data[:2].to(device)),
+        latents=latents,
+        posterior=_posterior_methods(model, test.data[:2].to(device), latents),
         quality=quality,
         steps=hist.steps,
     )
-    return result, samples.cpu()
+    return result, samples.cpu(), hist
+
+
+def _density_figure(
+    model: AbstractGenerativeModel,
+    name: str,
+    kind: str,
+    test: Dataset,
+    ev_options: dict[str, Any],
+    seed: int,
+    size: int,
+    path: Path,
+) -> None:
+    """The learned 2-D density on a ``size`` x ``size`` grid (scored by the same estimator and
+    options as the test split, so a bound or an estimate is drawn as such and says so) beside
+    the true density where the data set knows it, with test points overlaid."""
+    from ppgen.plots import density_heatmap
+
+    def log_prob(x: Tensor) -> Tensor:
+        return evaluate(model, x, seed=seed, **ev_options).per_example
+
+    density_heatmap(log_prob, data=test.data, path=path, true_log_prob=test.true_log_prob,
+                    size=size, title=f"{name} ({kind})")
 
 
 def _table(results: list[FamilyResult]) -> str:
     head = (
         "| family | bits/dim | kind | estimator | KL to data (nats) | FD | KID | precision | "
-        "recall | train s | sample s/1000 | score s/1000 | latents |"
+        "recall | train s | sample s/1000 | score s/1000 | latents | posterior |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         lk = r.likelihood
         kl = "" if r.kl_to_data is None else f"{r.kl_to_data:.3f}"
@@ -290,15 +361,28 @@ def _table(results: list[FamilyResult]) -> str:
             f"{q.get('kid', float('nan')):.3g} | {q.get('precision', float('nan')):.2f} | "
             f"{q.get('recall', float('nan')):.2f} | {r.train_seconds:.1f} | "
             f"{r.sample_seconds_per_1000:.3g} | {r.score_seconds_per_1000:.3g} | "
-            f"{', '.join(r.latents) if r.latents else 'none'} |"
+            f"{_short(r.latents)} | {', '.join(r.posterior) or 'none'} |"
         )
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _hardware(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{gpu}"
+    return (
+        f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads{gpu}"
+    )
 
 
 def run(
@@ -310,7 +394,23 @@ def run(
     device: str = "auto",
     progress: bool = True,
 ) -> list[FamilyResult]:
-    """Run the benchmark and write its report; returns the per-family results."""
+    """Run the benchmark and write its report; returns the per-family results.
+
+    Arguments:
+        data: a data set name (``ppgen list``); its train/val/test splits are used.
+        preset: a key of :data:`PRESETS` (``tiny`` for smoke tests, ``quick``, ``full``).
+        families: the families to run (default: every registered family the preset budgets;
+            families that refuse the data's kind at build time are then skipped and listed in
+            the report, while a family named here that refuses it raises).
+        out: the report directory: ``report.md``, ``results.json``, figures, one run
+            directory per family and seed.
+        seed: the first seed (the preset's seeds are offsets from it).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        progress: show the trainer's progress bars.
+
+    Returns:
+        One :class:`FamilyResult` per family and seed, in order.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     config = PRESETS[preset]
@@ -327,12 +427,25 @@ def run(
     seeds = [seed + s for s in config["seeds"]]
     results: list[FamilyResult] = []
     samples: dict[str, Tensor] = {}
-    for name in chosen:
+    histories: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    started = time.gmtime()
+    for i, name in enumerate(chosen):
+        spec = config["families"][name]
         for s in seeds:
-            print(f"== {name} (seed {s})", file=sys.stderr)
-            result, x = _measure(
+            torch.manual_seed(s)  # the initial weights, reproducibly
+            try:
+                model = models.build(name, train, **spec.get("build", {}))
+            except ValueError as e:
+                if families:  # asked for by name: the user should hear why it cannot run
+                    raise
+                skipped[name] = str(e)
+                print(f"== {name}: skipped ({e})", file=sys.stderr)
+                break
+            print(f"== [{i + 1}/{len(chosen)}] {name} (seed {s})", file=sys.stderr)
+            result, x, hist = _measure(
                 name,
-                config["families"][name],
+                spec,
                 train,
                 val,
                 test,
@@ -342,52 +455,104 @@ def run(
                 progress,
                 config["num_samples"],
                 config["num_score"],
+                density_grid=config["density_grid"] if s == seeds[0] else None,
+                model=model,
             )
             results.append(result)
             samples.setdefault(name, x)
+            histories.setdefault(name, hist)
+    if not results:
+        raise ValueError(f"no family could run on {data!r}: {skipped}")
     table = _table(results)
     print(table)
     command = (
         "ppgen " + " ".join(sys.argv[1:])
         if sys.argv and "ppgen" in sys.argv[0]
-        else (f"ppgen benchmark --data {data} --preset {preset}")
+        else (
+            f"ppgen benchmark --data {data} --preset {preset}"
+            + (f" --families {' '.join(families)}" if families else "")
+            + (f" --seed {seed}" if seed else "")
+        )
     )
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    import ppgen
+
+    versions = {"ppgen": ppgen.__version__, "python": platform.python_version(),
+                "torch": torch.__version__}
     for mod in ("pyro", "numpy"):
         versions[mod] = __import__(mod).__version__
+    hardware = _hardware(dev)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", started)
+    figures = _figures(out, samples, histories, test, config["density_grid"])
     report = [
         f"# ppgen benchmark: {data}, preset {preset}",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_hardware(dev)}.",
+        f"Measured {date} on {hardware}.",
         f"Command: `{command}`",
         f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"Seeds: {', '.join(map(str, seeds))}",
         "",
         table,
         "",
         "bits/dim: mean negative log-likelihood of the test split per dimension, in bits, of the "
         "data as given; `kind` says whether it is exact, a lower bound or an estimate (never "
-        "mixed). KL to data = NLL - H(p_data), only where the data density is known.",
+        "mixed). KL to data = NLL - H(p_data) in nats, the distance to the best achievable, "
+        "only where the data density is known (an upper bound on the KL for a lower-bound "
+        "kind). Sample quality (FD, KID, precision, recall) on "
+        f"{config['num_samples']} samples against the test split; times in seconds per 1000 "
+        "samples or test points. posterior: the `ppgen.posterior` methods available over the "
+        "latents.",
     ]
+    if skipped:
+        report += ["", "Skipped (the family refuses this data):"]
+        report += [f"- {k}: {v}" for k, v in skipped.items()]
+    report += ["", "## Figures", ""]
+    report += [f"![{f}]({f})" for f in figures]
     (out / "report.md").write_text("\n".join(report) + "\n")
     (out / "results.json").write_text(
         json.dumps(
             {
                 "data": data,
                 "preset": preset,
+                "date": date,
+                "hardware": hardware,
+                "command": command,
                 "versions": versions,
+                "seeds": seeds,
+                "skipped": skipped,
+                "figures": figures,
                 "results": [dataclasses.asdict(r) for r in results],
             },
             indent=2,
         )
     )
-    _figures(out, samples, test)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
     return results
 
 
-def _figures(out: Path, samples: dict[str, Tensor], test: Dataset) -> None:
-    from ppgen.plots import sample_grid
+def _figures(
+    out: Path,
+    samples: dict[str, Tensor],
+    histories: dict[str, Any],
+    test: Dataset,
+    density_grid: int | None,
+) -> list[str]:
+    """Sample grids of every family beside the data, the training curves, and (for 2-D data,
+    written by :func:`_measure`) the learned densities; returns the figure file names."""
+    from ppgen.plots import sample_grid, samples_vs_data, training_curves
 
-    sample_grid(test.data[:64], out / "samples-data.png", levels=test.levels, title="data")
+    names = ["samples-data.png"]
+    sample_grid(test.data[:64], out / names[0], levels=test.levels, title="data")
     for name, x in samples.items():
-        sample_grid(x[:64], out / f"samples-{name}.png", levels=test.levels, title=name)
+        names.append(f"samples-{name}.png")
+        samples_vs_data(x, test.data, out / names[-1], levels=test.levels,
+                        titles=(name, "test data"))
+    names.append("training-curves.png")
+    training_curves(histories, out / names[-1])
+    if _two_d(test) and density_grid:
+        names += [f"density-{name}.png" for name in samples]
+    return names
+
+
+def _two_d(data: Dataset) -> bool:
+    """Whether the learned density can be drawn on a plane beside the true one."""
+    return data.kind == "continuous" and tuple(data.event_shape) == (2,)
