@@ -245,7 +245,10 @@ def density_heatmap(
         _, _, lp = _grid_log_density(fn, bounds, size)
         if i == 0 and label is None:
             label = f"learned: {name}" + (f" ({kinds[-1]})" if kinds else "")
-        ax.imshow(lp.exp().numpy(), origin="lower", extent=bounds, cmap="magma", aspect="auto")
+        # the grid's values sit at cell centres: the linspace end points are the outer centres
+        dx, dy = (bounds[1] - bounds[0]) / (size - 1), (bounds[3] - bounds[2]) / (size - 1)
+        extent = (bounds[0] - dx / 2, bounds[1] + dx / 2, bounds[2] - dy / 2, bounds[3] + dy / 2)
+        ax.imshow(lp.exp().numpy(), origin="lower", extent=extent, cmap="magma", aspect="auto")
         if data is not None:
             pts = data.detach().float().cpu()[:max_points].numpy()
             ax.scatter(pts[:, 0], pts[:, 1], s=1, c="c", alpha=0.3, linewidths=0)
