@@ -138,7 +138,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     train = load_data(args.data, "train")
     val = None if args.no_val else load_data(args.data, "val")
     model = cls(**train.spec(), **overrides["model"])
-    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
+    stem = Path(args.data.split("#", 1)[0]).stem
+    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
     history = fit(
         model,
         train,
@@ -288,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a model; overrides: --model.X=V --objective.X=V")
     f.add_argument("model", help="family name (see `ppgen list`) or package.module:Class")
-    f.add_argument("--data", required=True, help="embedded dataset name or a .npy/.npz/.csv file")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="embedded dataset name, a .npy/.npz/.csv file, an IDX file (*-ubyte[.gz]) or a "
+        "folder of PNG/JPEG images; options after '#' (see ppgen.datasets.load)",
+    )
     f.add_argument("--steps", type=int, default=2000)
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--lr", type=float, default=None)

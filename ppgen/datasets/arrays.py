@@ -262,23 +262,33 @@ def is_file_spec(name: str | Path) -> bool:
     return path.lower().endswith(FILE_SUFFIXES)
 
 
-def parse_file_spec(spec: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options."""
+def parse_file_spec(
+    spec: str | Path, allowed: tuple[str, ...] = ("kind", "levels", "key")
+) -> tuple[Path, dict[str, Any]]:
+    """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options.
+
+    Arguments:
+        spec: the path, optionally followed by ``#`` and comma-separated ``name=value`` options.
+        allowed: the option names the file type takes (``levels`` and ``size`` are read as
+            integers, the rest as strings).
+
+    Returns:
+        ``(path, options)``.
+    """
     text = str(spec)
     path, _, opts = text.partition("#")
     options: dict[str, Any] = {}
     for item in filter(None, (o.strip() for o in opts.split(","))):
         k, eq, v = item.partition("=")
         k, v = k.strip(), v.strip()
-        if not eq or k not in ("kind", "levels", "key"):
-            raise DataError(
-                f"{text}: cannot read option {item!r}; options are kind=..., levels=..., key=..."
-            )
-        if k == "levels":
+        if not eq or k not in allowed:
+            names = ", ".join(f"{a}=..." for a in allowed)
+            raise DataError(f"{text}: cannot read option {item!r}; options are {names}")
+        if k in ("levels", "size"):
             try:
                 options[k] = int(v)
             except ValueError:
-                raise DataError(f"{text}: levels must be an integer, got {v!r}") from None
+                raise DataError(f"{text}: {k} must be an integer, got {v!r}") from None
         else:
             options[k] = v
     return Path(path), options
