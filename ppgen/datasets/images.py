@@ -26,6 +26,7 @@ import gzip
 import math
 import os
 import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,21 +70,28 @@ def _read_image(path: Path) -> PILImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.format not in ("PNG", "JPEG", "MPO"):
-                raise DataError(
-                    f"{path}: holds a {im.format} image; only PNG and JPEG are read. Convert it "
-                    "or remove it from the folder"
-                )
-            mode = im.mode
-            if mode not in _SINGLE_CHANNEL_MODES + _COLOUR_MODES:
-                raise DataError(
-                    f"{path}: pixel mode {mode!r} (16-bit or floating point) is not an 8-bit "
-                    "image; save it with 8 bits per channel"
-                )
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        # a warning while decoding (corrupt EXIF, a tag past the end, a decompression bomb) is a
+        # damaged or unsafe file: refused like any other
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Image.open(path) as im:
+                if im.format not in ("PNG", "JPEG", "MPO"):
+                    raise DataError(
+                        f"{path}: holds a {im.format} image; only PNG and JPEG are read. "
+                        "Convert it or remove it from the folder"
+                    )
+                im.load()
+                mode = im.mode
+                if mode not in _SINGLE_CHANNEL_MODES + _COLOUR_MODES:
+                    raise DataError(
+                        f"{path}: pixel mode {mode!r} (16-bit or floating point) is not an 8-bit "
+                        "image; save it with 8 bits per channel"
+                    )
+                return im.copy()
+    except (
+        UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Warning,
+        Image.DecompressionBombError,
+    ) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(
@@ -161,6 +169,8 @@ def from_images(
     arrays = []
     first_shape = None
     for path, im in zip(files, images, strict=True):
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA")  # a palette's transparency first becomes alpha (dropped)
         im = im.convert(mode)
         if size is not None:
             from PIL import Image

@@ -273,6 +273,10 @@ def _as_tensors(
         raise DataError(f"{what} must be a ppgen Dataset or a tensor, got {type(data).__name__}")
     cfg = model.config
     check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
+    if x.is_floating_point() and not torch.isfinite(x.to(_dtype(model))).all():
+        raise DataError(
+            f"{what} holds values beyond the range of the model's {_dtype(model)}; rescale them"
+        )
     if model.conditional and labels is None:
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
     return x, (labels if model.conditional else None)
