@@ -306,7 +306,9 @@ def test_log_mean_exp_is_finite_or_a_weight_error(log_w):
 
 
 (test_log_mean_exp_is_finite_or_a_weight_error,
- test_log_mean_exp_is_finite_or_a_weight_error_slow) = test_log_mean_exp_is_finite_or_a_weight_error
+ test_log_mean_exp_is_finite_or_a_weight_error_slow) = (
+    test_log_mean_exp_is_finite_or_a_weight_error
+)
 
 
 @pytest.mark.parametrize("estimator", ["iwae", "ais"])
