@@ -330,3 +330,31 @@ def test_estimators_with_dead_weights_raise_a_weight_error(estimator, fill, monk
     options = {"num_steps": 3} if estimator == "ais" else {}
     with pytest.raises(likelihood.WeightError, match=r"example\(s\) \[1\]"):
         ppgen.evaluate(model, ds, estimator, num_particles=4, **options)
+
+
+# ---- units: bits/dim of known densities -------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_uniform_over_levels_is_log2_levels_on_every_path(levels):
+    """Uniform over L levels is log2 L bits/dim (8.000 for 256): through the exact discrete path
+    (an untrained independent model's zero logits), and through dequantization with and without
+    the logit transform, where the continuous density is the pushforward of U[0, 1) (so
+    log p_z(z) + ladj must be -D ln L exactly, every Jacobian counted)."""
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, levels, (50, 3, 4))
+    x[0, 0, 0] = levels - 1
+    ds = ppgen.datasets.from_array(x, kind="discrete", levels=levels)
+    ev = ppgen.evaluate(ppgen.build("independent", ds), ds)
+    assert ev.kind == "exact" and ev.bits_per_dim == pytest.approx(math.log2(levels), abs=1e-6)
+    xd = ds.data.double()
+    num_dims = xd[0].numel()
+    z, ladj = DataTransform("discrete", levels)(xd)  # p_z = U[0, 1): log p_z = 0
+    bits = -ladj / (num_dims * math.log(2))
+    assert torch.allclose(bits, torch.full_like(bits, math.log2(levels)), atol=1e-6, rtol=0)
+    alpha = 0.05
+    z, ladj = DataTransform("discrete", levels, logit_alpha=alpha)(xd)
+    s = torch.sigmoid(z)  # z's density: the logistic pushforward of U[alpha, 1 - alpha]
+    log_pz = (torch.log(s) + torch.log1p(-s) - math.log1p(-2 * alpha)).reshape(50, -1).sum(1)
+    bits = -(log_pz + ladj) / (num_dims * math.log(2))
+    assert torch.allclose(bits, torch.full_like(bits, math.log2(levels)), atol=1e-6, rtol=0)
