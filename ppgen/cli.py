@@ -166,7 +166,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     train = load_data(args.data, "train")
     val = None if args.no_val else load_data(args.data, "val")
     model = _build(args.model, train.spec(), overrides["model"])
-    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
+    stem = Path(args.data.split("#", 1)[0]).stem
+    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
     history = fit(
         model,
         train,
@@ -243,9 +244,12 @@ def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.plots import sample_grid
 
     model, _ = _load_run(args.run)
+    context = _sample_labels(model, args.labels, args.n)
     ctx = distributed.init(resolve_device(args.device))
     model.to(ctx.device).eval()
-    x = distributed.sample(model, args.n, args.seed, ctx)
+    if context is not None:
+        context = context.to(ctx.device)
+    x = distributed.sample(model, args.n, args.seed, ctx, context=context)
     if x is None:  # not rank 0 under torchrun: rank 0 writes the file
         return 0
     out = Path(args.output)
@@ -257,6 +261,27 @@ def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
         sample_grid(x, out, levels=model.config.levels)
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _sample_labels(model: AbstractGenerativeModel, labels: str | None, n: int) -> Any:
+    """The context of ``ppgen sample``: ``--labels 3`` gives every sample class 3, ``--labels
+    0,1,2`` cycles through the list (sample i gets labels[i % len])."""
+    if labels is None:
+        if model.conditional:
+            raise ValueError(
+                f"{type(model).__name__} is conditional on class labels: pass --labels, e.g. "
+                "--labels 3 (every sample) or --labels 0,1,2 (cycled over the samples)"
+            )
+        return None
+    if not model.conditional:
+        raise ValueError(f"{type(model).__name__} is unconditional: drop --labels")
+    try:
+        values = [int(v) for v in labels.split(",") if v.strip() != ""]
+    except ValueError:
+        raise ValueError(f"--labels takes integers separated by commas, got {labels!r}") from None
+    if not values:
+        raise ValueError("--labels is empty; pass e.g. --labels 3 or --labels 0,1,2")
+    return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
 
 
 def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -319,7 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a model; overrides: --model.X=V --objective.X=V")
     f.add_argument("model", help="family name (see `ppgen list`) or package.module:Class")
-    f.add_argument("--data", required=True, help="embedded dataset name or a .npy/.npz/.csv file")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="embedded dataset name, a .npy/.npz/.csv file, an IDX file (*-ubyte[.gz]) or a "
+        "folder of PNG/JPEG images; options after '#' (see ppgen.datasets.load)",
+    )
     f.add_argument("--steps", type=int, default=2000)
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--lr", type=float, default=None)
@@ -359,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("-n", type=int, default=64)
     s.add_argument("-o", "--output", default="samples.png", help=".png grid or .npy array")
+    s.add_argument(
+        "--labels",
+        default=None,
+        help="class labels of a conditional model: one (every sample) or a comma list (cycled)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(fn=cmd_sample)

@@ -7,7 +7,9 @@ sweep over many kill points runs under ``-m slow``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import random
@@ -199,3 +201,131 @@ def test_config_json_is_data(tmp_path):
     ppgen.fit(m, train, steps=2, batch_size=32, out=tmp_path, progress=False, device="cpu")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["family"] == "independent" and config["model"]["levels"] == 17
+
+
+# ---- kill -9 at exact points of a checkpoint write ----------------------------------------------
+
+# Runs `ppgen fit` with one hook: the process SIGKILLs itself at the n-th call of a file-system
+# step of the checkpoint write (os.replace before or after it renames, os.fsync, or halfway
+# through writing a file's bytes), so every stage of the write is hit on purpose, not by timing.
+_KILL_AT = r"""
+import os, signal, sys
+hook, nth = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def hit():
+    calls[0] += 1
+    return calls[0] == nth
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_replace, real_fsync, real_fdopen = os.replace, os.fsync, os.fdopen
+if hook == "replace-before":
+    def replace(a, b):
+        if hit(): die()
+        return real_replace(a, b)
+    os.replace = replace
+elif hook == "replace-after":
+    def replace(a, b):
+        real_replace(a, b)
+        if hit(): die()
+    os.replace = replace
+elif hook == "fsync":
+    def fsync(fd):
+        if hit(): die()
+        return real_fsync(fd)
+    os.fsync = fsync
+elif hook == "half-write":
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if hit():
+            real_write = f.write
+            def write(data):
+                real_write(bytes(data)[: len(data) // 2]); f.flush(); die()
+            f.write = write
+        return f
+    os.fdopen = fdopen
+from ppgen.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+HOOKS = ("replace-before", "replace-after", "fsync", "half-write")
+_STEPS = 12
+
+
+def _fit_args(out: Path, *extra: str) -> list[str]:
+    return ["fit", "independent", "--data", "digits", "--steps", str(_STEPS), "--batch-size",
+            "32", "--lr", "0.01", "--out", str(out), "--no-progress", "--no-val",
+            "--checkpoint-every", "4", "--device", "cpu", "--seed", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_state(tmp_path_factory):
+    """The final weights of the uninterrupted run (in-process, one thread)."""
+    from ppgen.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_fit_args(out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return ckpt.read_checkpoint(out / "checkpoint.pt")["model"]["state_dict"]
+
+
+def _kill_at_and_check(tmp_path: Path, hook: str, nth: int, reference: dict) -> bool:
+    """Kill the run at the ``nth`` ``hook`` call; returns False when the run ended before it.
+
+    Then: every file with a checkpoint's name loads (no half-written file is ever one);
+    ``checkpoint.pt`` is there once any checkpoint was; ``--resume`` reaches the last step from
+    whatever is left (or says there is nothing to resume from, when the kill came before the
+    first checkpoint); and the resumed run's weights equal the uninterrupted run's, to the bit.
+    """
+    from ppgen.cli import main
+
+    out = tmp_path / f"{hook}-{nth}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_AT, hook, str(nth), *_fit_args(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    if proc.returncode == 0:
+        return False
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    named = [p for p in out.glob("checkpoint*.pt")]
+    for p in named:
+        ckpt.read_checkpoint(p)  # raises CheckpointError on a partial file
+    if named:
+        assert (out / "checkpoint.pt").exists(), [p.name for p in named]
+        assert ppgen.load(out / "checkpoint.pt") is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = main(_fit_args(out, "--resume"))
+    finally:
+        torch.set_num_threads(threads)
+    if not named:
+        assert code == 2  # "nothing to resume from": a clear error, then a fresh run works
+        return True
+    assert code == 0
+    final = ckpt.read_checkpoint(out / "checkpoint.pt")
+    assert final["step"] == _STEPS
+    state = final["model"]["state_dict"]
+    assert all(torch.equal(state[k], reference[k]) for k in reference), (hook, nth)
+    return True
+
+
+@pytest.mark.parametrize(("hook", "nth"), [("replace-before", 3), ("half-write", 2), ("fsync", 4)])
+def test_kill_9_inside_a_checkpoint_write(tmp_path, reference_state, hook, nth):
+    assert _kill_at_and_check(tmp_path, hook, nth, reference_state), "the kill point was reached"
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_step_of_every_checkpoint_write(tmp_path, reference_state):
+    """Every call of every hook during a whole run, until the run ends before the kill."""
+    tried = {}
+    for hook in HOOKS:
+        nth = 1
+        while _kill_at_and_check(tmp_path, hook, nth, reference_state):
+            nth += 1
+        tried[hook] = nth - 1
+    print(f"kill points tried: {tried}, total {sum(tried.values())}")
+    assert all(n >= 3 for n in tried.values()), tried

@@ -31,7 +31,7 @@ from pathlib import Path
 from ppgen.datasets.arrays import from_array, is_file_spec, load_file
 from ppgen.datasets.base import SPLITS, Dataset
 from ppgen.datasets.digits import load_digits
-from ppgen.datasets.images import from_idx, from_images
+from ppgen.datasets.images import from_idx, from_images, is_idx_path, load_image_source
 from ppgen.datasets.toy import TOY_DATASETS, load_toy, mixture_modes, sample_toy
 from ppgen.datasets.transforms import DataTransform, dequantize, logit_transform, quantize
 from ppgen.datasets.validation import DataError
@@ -50,32 +50,59 @@ def load(
     levels: int | None = None,
     key: str | None = None,
 ) -> Dataset:
-    """Load embedded dataset ``name`` (see :func:`names`) or a user file, by split.
+    """Load embedded dataset ``name`` (see :func:`names`) or user data, by split.
+
+    User data is told apart by its path: a directory is a folder of PNG/JPEG images
+    (:func:`from_images`), a file named like ``*-ubyte``, ``*.idx`` (optionally ``.gz``) an
+    MNIST-format IDX file (:func:`from_idx`), and ``.npy``/``.npz``/``.csv`` files are arrays
+    (:mod:`ppgen.datasets.arrays`). An embedded name wins over a folder of the same name.
 
     Arguments:
-        name: an embedded name, or a ``.npy``/``.npz``/``.csv`` path, optionally followed by
-            ``#options`` (``"x.npy#kind=discrete,levels=256"``; see
-            :mod:`ppgen.datasets.arrays` for the inference rules and the fixed split).
-        split: ``"train"``, ``"val"`` or ``"test"``; user files also take ``"all"``.
-        kind: user files only: overrides the inferred kind.
-        levels: user files only: overrides the inferred number of levels.
+        name: an embedded name, or a path, optionally followed by ``#options``
+            (``"x.npy#kind=discrete,levels=256"``; ``"faces/#size=32,grayscale=true"``;
+            ``"train-images-idx3-ubyte.gz#labels=train-labels-idx1-ubyte.gz"``; ``kind=binary``
+            thresholds images at 128). User data has one fixed 80/10/10 split (see
+            :mod:`ppgen.datasets.arrays`).
+        split: ``"train"``, ``"val"`` or ``"test"``; user data also takes ``"all"``.
+        kind: user data only: overrides the inferred kind.
+        levels: user data only: overrides the inferred number of levels.
         key: ``.npz`` files only: the array to read.
 
     Returns:
         The :class:`Dataset`.
 
     Raises:
-        DataError: for an unknown name or split, or a bad file (naming the file and the fix).
+        DataError: for an unknown name or split, or bad user data (naming the file and the fix).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "images-idx3-ubyte"
+        >>> header = bytes([0, 0, 8, 3, 0, 0, 0, 20, 0, 0, 0, 2, 0, 0, 0, 2])
+        >>> _ = f.write_bytes(header + bytes(range(80)))
+        >>> ds = load(f, "test")
+        >>> ds.event_shape, ds.kind, ds.levels, len(ds)
+        ((1, 2, 2), 'discrete', 256, 2)
     """
-    if isinstance(name, Path) or is_file_spec(name):
-        return load_file(name, split, kind=kind, levels=levels, key=key)
+    embedded = isinstance(name, str) and (
+        name in ("digits", "digits-binary") or name in TOY_DATASETS
+    )
+    if not embedded:
+        path = Path(str(name).split("#", 1)[0])
+        if path.is_dir() or is_idx_path(name):
+            if key is not None:
+                raise DataError(f"{path}: key= selects an array of a .npz file only")
+            return load_image_source(name, split, kind=kind, levels=levels)
+        if isinstance(name, Path) or is_file_spec(name):
+            return load_file(name, split, kind=kind, levels=levels, key=key)
+        if path.is_file():
+            raise DataError(
+                f"{name}: unsupported file type; use a .npy, .npz or .csv file, an IDX file "
+                "(*-ubyte, *.idx, optionally .gz) or a folder of PNG/JPEG images"
+            )
     if kind is not None or levels is not None or key is not None:
         raise DataError(
             f"kind/levels/key apply to user files only; {name!r} is an embedded dataset"
         )
-    embedded = name in ("digits", "digits-binary") or name in TOY_DATASETS
-    if not embedded and Path(name).is_file():
-        raise DataError(f"{name}: unsupported file type; use a .npy, .npz or .csv file")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {SPLITS}")
     if name == "digits":
@@ -83,7 +110,8 @@ def load(
     if name == "digits-binary":
         return load_digits(split, binary=True)
     if name in TOY_DATASETS:
-        return load_toy(name, split)
+        return load_toy(str(name), split)
     raise DataError(
-        f"unknown dataset {name!r}; embedded datasets: {names()}, or a .npy/.npz/.csv file"
+        f"unknown dataset {name!r}; embedded datasets: {names()}, or a .npy/.npz/.csv file, an "
+        "IDX file or a folder of PNG/JPEG images"
     )

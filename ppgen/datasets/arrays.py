@@ -118,7 +118,7 @@ def infer_kind(
     finite = array[np.isfinite(array)] if not is_int else array
     if finite.size == 0:
         raise DataError(f"{what} holds no finite values; nothing to infer levels from")
-    lo, hi = finite.min(), finite.max()
+    lo, hi = finite.min().item(), finite.max().item()  # Python numbers: hi + 1 cannot wrap
     if kind == "discrete":
         if not is_int and not np.array_equal(finite, np.round(finite)):
             raise DataError(
@@ -213,11 +213,7 @@ def from_array(
         )
     if x.shape[0] == 0 or x.size == 0:
         raise DataError(f"{name} is empty (shape {x.shape}); pass at least one example")
-    if not (
-        x.dtype == np.bool_
-        or np.issubdtype(x.dtype, np.integer)
-        or np.issubdtype(x.dtype, np.floating)
-    ):
+    if x.dtype.kind not in "biuf":  # timedelta64 counts as an integer to numpy: refused too
         raise DataError(
             f"{name} has dtype {x.dtype}; convert it to a real float, integer or bool array"
         )
@@ -245,11 +241,14 @@ def from_array(
 
 
 def _as_numpy(array: Any, name: str) -> np.ndarray:
-    if torch.is_tensor(array):
-        return array.detach().cpu().numpy()
     try:
+        if torch.is_tensor(array):
+            t = array.detach().cpu()
+            if t.dtype in (torch.bfloat16, torch.float16):
+                t = t.float()  # numpy has no bfloat16; both are exact in float32
+            return t.numpy()
         return np.asarray(array)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         raise DataError(f"{name} is not a rectangular numeric array ({e})") from None
 
 
@@ -262,23 +261,33 @@ def is_file_spec(name: str | Path) -> bool:
     return path.lower().endswith(FILE_SUFFIXES)
 
 
-def parse_file_spec(spec: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options."""
+def parse_file_spec(
+    spec: str | Path, allowed: tuple[str, ...] = ("kind", "levels", "key")
+) -> tuple[Path, dict[str, Any]]:
+    """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options.
+
+    Arguments:
+        spec: the path, optionally followed by ``#`` and comma-separated ``name=value`` options.
+        allowed: the option names the file type takes (``levels`` and ``size`` are read as
+            integers, the rest as strings).
+
+    Returns:
+        ``(path, options)``.
+    """
     text = str(spec)
     path, _, opts = text.partition("#")
     options: dict[str, Any] = {}
     for item in filter(None, (o.strip() for o in opts.split(","))):
         k, eq, v = item.partition("=")
         k, v = k.strip(), v.strip()
-        if not eq or k not in ("kind", "levels", "key"):
-            raise DataError(
-                f"{text}: cannot read option {item!r}; options are kind=..., levels=..., key=..."
-            )
-        if k == "levels":
+        if not eq or k not in allowed:
+            names = ", ".join(f"{a}=..." for a in allowed)
+            raise DataError(f"{text}: cannot read option {item!r}; options are {names}")
+        if k in ("levels", "size"):
             try:
                 options[k] = int(v)
             except ValueError:
-                raise DataError(f"{text}: levels must be an integer, got {v!r}") from None
+                raise DataError(f"{text}: {k} must be an integer, got {v!r}") from None
         else:
             options[k] = v
     return Path(path), options
@@ -332,7 +341,8 @@ def load_file(
 
 def _read_npy(file: Path) -> np.ndarray:
     try:
-        array = np.load(file, allow_pickle=False)
+        with open(file, "rb") as f:  # our own handle: closed even when numpy raises
+            array = np.load(f, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError, OSError, EOFError... for bad files
         raise DataError(
             f"{file}: cannot read it as a .npy array ({type(e).__name__}: {e}); write it with "
@@ -345,7 +355,7 @@ def _read_npy(file: Path) -> np.ndarray:
 
 def _read_npz(file: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        with np.load(file, allow_pickle=False) as archive:
+        with open(file, "rb") as f, np.load(f, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except Exception as e:
         raise DataError(
@@ -382,7 +392,12 @@ def _read_csv(file: Path) -> np.ndarray:
         raise DataError(
             f"{file}: not UTF-8 text ({e}); a .csv file must hold comma-separated numbers"
         ) from None
-    rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text))]
+    try:  # newline="": the csv module itself reads \n, \r\n and \r line ends
+        rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text, newline=""))]
+    except csv.Error as e:  # NUL bytes, a field over the size limit...
+        raise DataError(
+            f"{file}: not readable as CSV ({e}); a .csv file holds comma-separated numbers"
+        ) from None
     rows = [r for r in rows if any(r)]  # blank lines
     if rows and not any(_is_number(c) for c in rows[0]):
         rows = rows[1:]  # a header: no cell of the first row is a number

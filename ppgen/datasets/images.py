@@ -19,11 +19,14 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["from_idx", "from_images"]
+__all__ = ["from_idx", "from_images", "is_idx_path", "load_image_source"]
 
+import dataclasses
 import gzip
 import math
 import os
+import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ppgen.datasets.arrays import parse_file_spec, split_indices
 from ppgen.datasets.base import Dataset
 from ppgen.datasets.validation import DataError
 
@@ -49,6 +53,8 @@ _IDX_TYPES = {
     0x0D: "float32",
     0x0E: "float64",
 }
+# MNIST's names: train-images-idx3-ubyte, t10k-labels.idx1-ubyte, optionally .gz; or *.idx
+_IDX_NAME = re.compile(r"(ubyte|\.idx\d?)(\.gz)?$", re.IGNORECASE)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -64,21 +70,28 @@ def _read_image(path: Path) -> PILImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.format not in ("PNG", "JPEG", "MPO"):
-                raise DataError(
-                    f"{path}: holds a {im.format} image; only PNG and JPEG are read. Convert it "
-                    "or remove it from the folder"
-                )
-            mode = im.mode
-            if mode not in _SINGLE_CHANNEL_MODES + _COLOUR_MODES:
-                raise DataError(
-                    f"{path}: pixel mode {mode!r} (16-bit or floating point) is not an 8-bit "
-                    "image; save it with 8 bits per channel"
-                )
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        # a warning while decoding (corrupt EXIF, a tag past the end, a decompression bomb) is a
+        # damaged or unsafe file: refused like any other
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Image.open(path) as im:
+                if im.format not in ("PNG", "JPEG", "MPO"):
+                    raise DataError(
+                        f"{path}: holds a {im.format} image; only PNG and JPEG are read. "
+                        "Convert it or remove it from the folder"
+                    )
+                im.load()
+                mode = im.mode
+                if mode not in _SINGLE_CHANNEL_MODES + _COLOUR_MODES:
+                    raise DataError(
+                        f"{path}: pixel mode {mode!r} (16-bit or floating point) is not an 8-bit "
+                        "image; save it with 8 bits per channel"
+                    )
+                return im.copy()
+    except (
+        UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Warning,
+        Image.DecompressionBombError,
+    ) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(
@@ -156,6 +169,8 @@ def from_images(
     arrays = []
     first_shape = None
     for path, im in zip(files, images, strict=True):
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA")  # a palette's transparency first becomes alpha (dropped)
         im = im.convert(mode)
         if size is not None:
             from PIL import Image
@@ -285,3 +300,72 @@ def from_idx(
         y = torch.from_numpy(raw_labels.astype(np.int64))
     data = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)  # (N, 1, H, W)
     return _dataset(name or str(path), data, y, binarize)
+
+
+# ---- ppgen.datasets.load(path) --------------------------------------------------------------
+
+
+def is_idx_path(path: str | os.PathLike) -> bool:
+    """True when the file name (before any ``#options``) reads as an IDX file: it ends in
+    ``ubyte`` or ``.idx``/``.idx3``..., optionally followed by ``.gz``
+    (``train-images-idx3-ubyte.gz``)."""
+    name = Path(str(path).split("#", 1)[0]).name
+    return bool(_IDX_NAME.search(name))
+
+
+def load_image_source(
+    spec: str | os.PathLike,
+    split: str = "all",
+    *,
+    kind: str | None = None,
+    levels: int | None = None,
+) -> Dataset:
+    """Load an image folder or an IDX file for :func:`ppgen.datasets.load`, by split.
+
+    ``spec`` is the folder or file, optionally followed by ``#`` options: ``kind=binary``
+    (threshold at 128; also ``levels=2``), and for folders ``size=N`` and ``grayscale=true`` /
+    ``false``, for IDX files ``labels=PATH`` (the labels file). The splits are those of
+    :mod:`ppgen.datasets.arrays` (one fixed permutation, 80/10/10), taken after the images are
+    read in sorted order.
+
+    Arguments:
+        spec: the folder or IDX file, with its options.
+        split: ``"all"``, ``"train"``, ``"val"`` or ``"test"``.
+        kind: ``"discrete"`` (256 levels, the default) or ``"binary"``.
+        levels: 256 (the default) or 2 (binary).
+
+    Returns:
+        The :class:`~ppgen.datasets.Dataset`, named by the path.
+
+    Raises:
+        DataError: everything :func:`from_images` and :func:`from_idx` raise, an option the
+            source does not take, or a kind/levels other than 8-bit or binary.
+    """
+    path = Path(str(spec).split("#", 1)[0])
+    folder = path.is_dir()
+    allowed = ("kind", "levels", "size", "grayscale") if folder else ("kind", "levels", "labels")
+    file, options = parse_file_spec(spec, allowed)
+    kind = kind if kind is not None else options.get("kind")
+    levels = levels if levels is not None else options.get("levels")
+    what = str(file)
+    if (kind, levels) in ((None, None), ("discrete", None), (None, 256), ("discrete", 256)):
+        binarize = False
+    elif (kind, levels) in (("binary", None), ("binary", 2), (None, 2)):
+        binarize = True
+    else:
+        raise DataError(
+            f"{what}: image data has 256 levels (kind='discrete') or is thresholded to binary "
+            f"(kind='binary'); got kind={kind!r}, levels={levels!r}"
+        )
+    if folder:
+        grayscale = options.get("grayscale")
+        if grayscale is not None:
+            if grayscale.lower() not in ("true", "false"):
+                raise DataError(f"{what}: grayscale must be true or false, got {grayscale!r}")
+            grayscale = grayscale.lower() == "true"
+        ds = from_images(file, grayscale=grayscale, size=options.get("size"), binarize=binarize)
+    else:
+        ds = from_idx(file, labels=options.get("labels"), binarize=binarize)
+    idx = torch.from_numpy(split_indices(len(ds), split, what=what))
+    labels = None if ds.labels is None else ds.labels[idx]
+    return dataclasses.replace(ds, data=ds.data[idx], labels=labels, split=split)

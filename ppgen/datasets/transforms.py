@@ -41,11 +41,20 @@ def logit_transform(y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     r"""``z = logit(alpha + (1 - 2 alpha) y)`` and the per-element ``log|dz/dy|``.
 
     :math:`dz/dy = (1 - 2\alpha) / (s (1 - s))` with :math:`s = \alpha + (1 - 2\alpha) y`.
-    Finite for ``y`` in ``[0, 1]`` whenever ``alpha > 0``.
+    Finite for ``y`` in ``[0, 1]`` (the ends included) whenever ``alpha > 0``: :math:`1 - s` is
+    computed as :math:`\alpha + (1 - 2\alpha)(1 - y)`, never as ``1 - s``, so it stays
+    :math:`\ge \alpha` even where ``s`` rounds to 1 in the dtype.
+
+    Raises:
+        ValueError: ``alpha`` outside ``(0, 0.5)``.
     """
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"logit alpha must lie in (0, 0.5), got {alpha}")
     s = alpha + (1 - 2 * alpha) * y
-    z = torch.log(s) - torch.log1p(-s)
-    log_dz_dy = math.log1p(-2 * alpha) - torch.log(s) - torch.log1p(-s)
+    s_complement = alpha + (1 - 2 * alpha) * (1 - y)
+    log_s, log_s_complement = torch.log(s), torch.log(s_complement)
+    z = log_s - log_s_complement
+    log_dz_dy = math.log1p(-2 * alpha) - log_s - log_s_complement
     return z, log_dz_dy
 
 

@@ -42,6 +42,8 @@ def check_batch(
         raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.is_complex() or x.dtype == torch.bool:
         raise DataError(f"{what} has dtype {x.dtype}; convert it to a real float or int tensor")
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has few ops for these
+        raise DataError(f"{what} has dtype {x.dtype}; convert it with x.long() or x.float()")
     event_shape = tuple(int(s) for s in event_shape)
     if x.dim() != 1 + len(event_shape) or tuple(x.shape[1:]) != event_shape:
         raise DataError(

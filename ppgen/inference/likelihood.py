@@ -20,6 +20,7 @@ __all__ = [
     "Estimate",
     "Evaluation",
     "GlobalLatentError",
+    "WeightError",
     "Sandwich",
     "annealing_schedule",
     "bdmc",
@@ -443,6 +444,11 @@ class GlobalLatentError(ValueError):
     latents."""
 
 
+class WeightError(ValueError):
+    """Importance log-weights with no usable value: NaN or +inf anywhere, or -inf for every
+    particle of an example (so log-mean-exp would return NaN, +inf or -inf)."""
+
+
 class _SmoothDelta(Messenger):
     r"""Replaces a deterministic (``Delta``) observation at site ``"x"`` by a Gaussian one,
     :math:`p(x \mid z) = \mathcal N(x; g(z), s^2 I)` (Wu et al. 2017, arXiv:1611.04273), so an
@@ -651,6 +657,25 @@ def importance_log_weights(
 
 
 def _log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
+    """``log (1/K) sum_k exp(log_w_k)`` over ``dim``; a :class:`WeightError` naming the examples
+    when the weights give no finite value. A weight of -inf (a particle where the model has no
+    density) counts as zero; finite others carry the estimate."""
+    bad = torch.isnan(log_w) | (log_w == math.inf)
+    if bool(bad.any()):
+        where = bad.any(dim).flatten().nonzero().flatten().tolist()
+        raise WeightError(
+            f"{int(bad.sum())} importance log-weight(s) are NaN or +inf (example(s) {where[:10]});"
+            " the model or the proposal returned a non-finite density: check that the data lie "
+            "in the model's support and that its networks' outputs are finite"
+        )
+    dead = (log_w == -math.inf).all(dim)
+    if bool(dead.any()):
+        where = dead.flatten().nonzero().flatten().tolist()
+        raise WeightError(
+            f"all {log_w.shape[dim]} importance weights are zero (log-weight -inf) for "
+            f"example(s) {where[:10]}: no particle landed where the model has density; use more "
+            "particles or another estimator, or check that the data lie in the model's support"
+        )
     return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
 
 

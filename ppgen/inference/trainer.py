@@ -273,6 +273,10 @@ def _as_tensors(
         raise DataError(f"{what} must be a ppgen Dataset or a tensor, got {type(data).__name__}")
     cfg = model.config
     check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
+    if x.is_floating_point() and not torch.isfinite(x.to(_dtype(model))).all():
+        raise DataError(
+            f"{what} holds values beyond the range of the model's {_dtype(model)}; rescale them"
+        )
     if model.conditional and labels is None:
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
     return x, (labels if model.conditional else None)
@@ -648,11 +652,21 @@ def _save_run(
         "history": history.to_dict(),
     }
     path = out_dir / "checkpoint.pt"
-    tmp = out_dir / "checkpoint.next.pt"
-    ckpt.write_checkpoint(tmp, payload)  # whole and fsynced before anything is renamed
     if path.exists():
-        os.replace(path, out_dir / "checkpoint.prev.pt")
-    os.replace(tmp, path)
+        # the predecessor becomes checkpoint.prev.pt through a hard link (the same bytes), and
+        # the new checkpoint is renamed over checkpoint.pt by write_checkpoint (temp file,
+        # fsync, rename): checkpoint.pt is never absent nor partial, whenever a kill comes
+        link = out_dir / ".checkpoint.prev.pt.link"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        try:
+            os.link(path, link)
+        except OSError:  # a filesystem without hard links: a copy
+            import shutil
+
+            shutil.copyfile(path, link)
+        os.replace(link, out_dir / "checkpoint.prev.pt")
+    ckpt.write_checkpoint(path, payload)
     ckpt._fsync_dir(out_dir)
     return path
 

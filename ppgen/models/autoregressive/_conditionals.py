@@ -5,8 +5,8 @@ Each autoregressive step outputs ``P`` numbers per dimension that parametrize
 
 - ``"binary"``: one logit (Bernoulli), ``P = 1``;
 - ``"discrete"``: ``L`` logits (categorical over the levels), ``P = L``;
-- ``"continuous"``: a mixture of ``K`` Gaussians, ``P = 3K`` (mixture logits, means, log-scales),
-  as in RNADE (Uria et al. 2013, arXiv:1306.0186).
+- ``"continuous"``: a mixture of ``K`` Gaussians, ``P = 3K`` (mixture logits, means, log-scales
+  clamped below at -7), as in RNADE (Uria et al. 2013, arXiv:1306.0186).
 
 Sampling is a deterministic function of noise drawn up front (``u ~ U[0, 1)`` per dimension, and
 ``eps ~ N(0, 1)`` for continuous data), so two samplers fed the same noise draw the same points.
@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# Log-scales are clamped below (as PixelCNN++'s, twin in pixelcnn_layers.py): without it an input
+# far from the data (|x| ~ 1e3) meets a scale of e^-40 and (x - loc)^2 / scale^2 overflows
+# float32, giving log p = -inf instead of a finite value.
+_LOG_SCALE_MIN = -7.0
 
 
 def num_params(kind: str, levels: int | None, components: int) -> int:
@@ -47,6 +51,7 @@ def log_prob_dims(params: Tensor, x: Tensor, kind: str) -> Tensor:
     if kind == "discrete":
         return params.log_softmax(-1).gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
     logits, loc, log_scale = params.chunk(3, dim=-1)
+    log_scale = log_scale.clamp(min=_LOG_SCALE_MIN)
     z = (x.unsqueeze(-1) - loc) * torch.exp(-log_scale)
     log_normal = -0.5 * z**2 - log_scale - _HALF_LOG_2PI
     return torch.logsumexp(logits.log_softmax(-1) + log_normal, dim=-1)
@@ -82,6 +87,7 @@ def sample_dims(params: Tensor, u: Tensor, eps: Tensor | None, kind: str) -> Ten
         return k.to(params.dtype)
     assert eps is not None
     logits, loc, log_scale = params.chunk(3, dim=-1)
+    log_scale = log_scale.clamp(min=_LOG_SCALE_MIN)
     cdf = logits.softmax(-1).cumsum(-1)
     k = (cdf < u.unsqueeze(-1)).sum(-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)
     return (loc.gather(-1, k) + log_scale.gather(-1, k).exp() * eps.unsqueeze(-1)).squeeze(-1)

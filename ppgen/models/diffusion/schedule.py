@@ -154,6 +154,13 @@ class NoiseSchedule(nn.Module):
         alphas = 1 - betas
         ab = torch.cumprod(alphas, 0)
         ab[-1] = 0.0 if self.zero_terminal_snr else ab[-1]
+        flat = (ab[1:] >= ab[:-1]).nonzero().flatten()
+        if len(flat):  # a beta below float64's resolution at 1: 1 - ab_t = 0 divides below
+            t = int(flat[0]) + 1
+            raise ScheduleError(
+                f"alpha_bar does not decrease at t={t} in float64 (beta_{t} = "
+                f"{float(betas[t]):.3g} is too small to change it); raise beta_start"
+            )
         ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
         # 2. the posterior q(x_{t-1} | x_t, x_0), eq. (6)-(7) of Ho et al.
         post_var = torch.zeros_like(betas)
