@@ -9,7 +9,7 @@ draws ``z`` at site ``"z"`` and puts ``x = G(z)`` at site ``"x"`` as a ``Delta``
 ``Predictive``, ``poutine.condition`` on ``z`` (which gives ``G(z)``) and ``poutine.trace`` work
 as on every other family.
 
-Training is adversarial (``ppgen.inference.objectives.Adversarial``): the discriminator is
+Training is adversarial (``ppgen.inference.adversarial.Adversarial``): the discriminator is
 *not* part of this module; the objective owns it (built through :meth:`GAN.make_discriminator`),
 so it lands in the training checkpoint next to the generator and both optimizers.
 
