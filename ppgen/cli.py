@@ -26,7 +26,7 @@ from ppgen import checkpoint as ckpt
 from ppgen import datasets, models
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import evaluate
-from ppgen.inference.trainer import FitError, TrainingInterrupted, fit
+from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
 from ppgen.models.base import AbstractGenerativeModel
 
 
@@ -137,6 +137,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cls = resolve_family(args.model)
     train = load_data(args.data, "train")
     val = None if args.no_val else load_data(args.data, "val")
+    seed_everything(args.seed)  # the initial weights too are a function of --seed
     model = cls(**train.spec(), **overrides["model"])
     out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{Path(args.data).stem}")
     history = fit(
@@ -160,6 +161,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         checkpoint_every=args.checkpoint_every,
         precision=args.precision,
         compile=args.compile,
+        accumulate=args.accumulate,
     )
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
@@ -308,7 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
     )
-    f.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    f.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="torch.compile the networks (optionally with a backend: inductor, aot_eager, eager)",
+    )
+    f.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="gradient accumulation: micro-batches per process and step",
+    )
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(fn=cmd_fit)
 
