@@ -36,6 +36,8 @@ import signal
 import sys
 import threading
 import time
+import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -582,15 +584,52 @@ def fit(
 def _compile_networks(
     model: AbstractGenerativeModel, obj: AbstractObjective, backend: str | None
 ) -> None:
-    """``nn.Module.compile`` every direct submodule of the model and the objective.
+    """Compile every direct submodule of the model and the objective (what each child's
+    ``nn.Module.compile`` would do, made to work for every network).
 
     Compiling the whole loss would trace Pyro's distribution objects, which are rebuilt at every
     step and so make dynamo recompile every step; the networks are where the time goes.
+
+    Two differences from ``child.compile()``: (1) that compiles ``_call_impl``, a frame of
+    torch.nn that dynamo skips, so a network whose ``forward`` is torch's own (an
+    ``nn.Sequential`` MLP) silently stayed eager; here each child is entered through a frame of
+    its own, from which torch.nn's frames are inlined (hooks still run), and which gives each
+    child its own compile cache and recompile limit. (2) Shapes are static (``dynamic=False``):
+    the training batch never changes shape, and symbolic shapes break ops such as ``torch.rand``
+    with a size (dequantization); validation's other batch shapes compile once each. Inductor
+    keeps eager's random numbers (``fallback_random``).
     """
-    options = {} if backend is None else {"backend": backend}
-    for owner in (model, obj):
-        for child in owner.children():
-            child.compile(**options)
+    options: dict[str, Any] = {"dynamic": False}
+    if backend is not None:
+        options["backend"] = backend
+    if backend in (None, "inductor"):
+        # eager's random numbers (dequantization noise, dropout), not inductor's own: the run
+        # stays a function of the seed, compiled or not
+        options["options"] = {"fallback_random": True}
+    with warnings.catch_warnings():
+        # torch.compile imports inductor, whose import trips torch's own deprecation of
+        # torch.jit.script_method (torch/utils/mkldnn.py): torch's business, not the user's
+        warnings.filterwarnings("ignore", ".*torch.jit.script_method", DeprecationWarning)
+        for owner in (model, obj):
+            for name, child in owner.named_children():
+                code = _call_module.__code__.replace(
+                    co_name=f"_call_{type(child).__name__}_{name}"
+                )
+                call = types.FunctionType(code, _call_module.__globals__)
+                compiled = torch.compile(functools.partial(call, child), **options)
+                child._compiled_call_impl = functools.partial(_quiet, compiled)  # type: ignore[assignment]
+
+
+def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return module._call_impl(*args, **kwargs)
+
+
+def _quiet(compiled: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a compiled network without the warning dynamo's tracer trips on reading ``.grad``
+    of a non-leaf input (e.g. a reparameterized latent): it concerns torch's internals."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf")
+        return compiled(*args, **kwargs)
 
 
 class _Streams:
