@@ -160,7 +160,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         precision=args.precision,
-        compile=args.compile,
+        compile=(args.compile_backend or True) if args.compile else False,
         accumulate=args.accumulate,
     )
     config_path = out / "config.json"
@@ -310,13 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
     )
+    f.add_argument("--compile", action="store_true", help="torch.compile the networks")
     f.add_argument(
-        "--compile",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BACKEND",
-        help="torch.compile the networks (optionally with a backend: inductor, aot_eager, eager)",
+        "--compile-backend",
+        default=None,
+        metavar="NAME",
+        help="torch.compile backend for --compile (default inductor; aot_eager, eager...)",
     )
     f.add_argument(
         "--accumulate",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +143,24 @@ def test_values_are_parsed_as_data(value, parsed):
     from ppgen.cli import parse_value
 
     assert parse_value(value) == parsed
+
+
+def test_fit_scaling_flags_and_seeded_initial_weights(tmp_path, capsys):
+    """--accumulate, --precision, --compile/--compile-backend reach fit and are recorded; the
+    initial weights are a function of --seed (two runs in one process agree to the bit)."""
+    from ppgen import cli
+
+    runs = []
+    for name in ("a", "b"):
+        argv = ["fit", "made", "--data", "moons", "--steps", "2", "--batch-size", "32",
+                "--accumulate", "2", "--precision", "bf16", "--compile", "--compile-backend",
+                "eager", "--no-progress", "--no-val", "--model.hidden=16",
+                "--out", str(tmp_path / name)]
+        assert cli.main(argv) == 0
+        runs.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))
+    capsys.readouterr()
+    fit_args = json.loads((tmp_path / "a" / "config.json").read_text())["fit"]
+    assert (fit_args["accumulate"], fit_args["precision"], fit_args["compile"]) == (
+        2, "bf16", "eager")
+    a, b = (r["model"]["state_dict"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

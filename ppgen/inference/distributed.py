@@ -24,6 +24,7 @@ __all__ = [
     "wrap",
 ]
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -64,7 +65,16 @@ def init(device: torch.device) -> Context:
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # the group ppgen opened, ppgen closes: a group still open at interpreter exit can abort
+        # the process ("terminate called without an active exception"), which torchrun reports
+        # as a failed run after a finished one
+        atexit.register(_destroy)
     return Context(rank, world_size, device)
+
+
+def _destroy() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def shard(indices: Tensor, ctx: Context) -> Tensor:
