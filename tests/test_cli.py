@@ -154,7 +154,7 @@ def test_fit_scaling_flags_and_seeded_initial_weights(tmp_path, capsys):
     for name in ("a", "b"):
         argv = ["fit", "made", "--data", "moons", "--steps", "2", "--batch-size", "32",
                 "--accumulate", "2", "--precision", "bf16", "--compile", "--compile-backend",
-                "eager", "--no-progress", "--no-val", "--model.hidden=16",
+                "eager", "--no-progress", "--no-val", "--model.hidden=[16]",
                 "--out", str(tmp_path / name)]
         assert cli.main(argv) == 0
         runs.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))
