@@ -26,7 +26,7 @@ from ppgen import checkpoint as ckpt
 from ppgen import datasets, models
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import evaluate
-from ppgen.inference.trainer import FitError, TrainingInterrupted, fit
+from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
 from ppgen.models.base import AbstractGenerativeModel
 
 
@@ -165,6 +165,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = parse_overrides(extra)
     train = load_data(args.data, "train")
     val = None if args.no_val else load_data(args.data, "val")
+    seed_everything(args.seed)  # the initial weights too are a function of --seed
     model = _build(args.model, train.spec(), overrides["model"])
     stem = Path(args.data.split("#", 1)[0]).stem
     out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
@@ -188,7 +189,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         precision=args.precision,
-        compile=args.compile,
+        compile=(args.compile_backend or True) if args.compile else False,
+        accumulate=args.accumulate,
     )
     config_path = out / "config.json"
     run_config = json.loads(config_path.read_text())
@@ -370,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
     )
     f.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    f.add_argument(
+        "--compile-backend",
+        default=None,
+        metavar="NAME",
+        help="torch.compile backend for --compile (default inductor; aot_eager, eager...)",
+    )
+    f.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="gradient accumulation: micro-batches per process and step",
+    )
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(fn=cmd_fit)
 

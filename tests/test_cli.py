@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,3 +266,23 @@ def test_fit_a_users_model_by_import_path(tmp_path, target, options, kind):
     run("sample", out_dir, "-n", "5", "-o", tmp_path / "s.npy")
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (5, 3) and np.isfinite(samples).all()
+def test_fit_scaling_flags_and_seeded_initial_weights(tmp_path, capsys):
+    """--accumulate, --precision, --compile/--compile-backend reach fit and are recorded; the
+    initial weights are a function of --seed (two runs in one process agree to the bit)."""
+    from ppgen import checkpoint as ckpt
+    from ppgen import cli
+
+    runs = []
+    for name in ("a", "b"):
+        argv = ["fit", "made", "--data", "moons", "--steps", "2", "--batch-size", "32",
+                "--accumulate", "2", "--precision", "bf16", "--compile", "--compile-backend",
+                "eager", "--no-progress", "--no-val", "--model.hidden=[16]",
+                "--out", str(tmp_path / name)]
+        assert cli.main(argv) == 0
+        runs.append(ckpt.read_checkpoint(tmp_path / name / "checkpoint.pt"))
+    capsys.readouterr()
+    fit_args = json.loads((tmp_path / "a" / "config.json").read_text())["fit"]
+    assert (fit_args["accumulate"], fit_args["precision"], fit_args["compile"]) == (
+        2, "bf16", "eager")
+    a, b = (r["model"]["state_dict"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -9,12 +9,27 @@ gradient equals the one-process gradient of the same global batch. Only rank 0 w
 
 from __future__ import annotations
 
-__all__ = ["Context", "all_reduce_sum", "barrier", "init", "sample", "shard", "wrap"]
+__all__ = [
+    "Context",
+    "all_reduce_max",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "gather_dicts",
+    "init",
+    "maybe_no_sync",
+    "sample",
+    "shard",
+    "wrap",
+]
 
 import atexit
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -50,8 +65,9 @@ def init(device: torch.device) -> Context:
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # a group left to the interpreter's teardown can abort the process ("terminate called
-        # without an active exception") while gloo's threads still run: close it ourselves
+        # the group ppgen opened, ppgen closes: a group still open at interpreter exit can abort
+        # the process ("terminate called without an active exception"), which torchrun reports
+        # as a failed run after a finished one
         atexit.register(_destroy)
     return Context(rank, world_size, device)
 
@@ -102,6 +118,48 @@ def all_reduce_sum(values: tuple[float, ...], ctx: Context) -> tuple[float, ...]
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     torch_dist.all_reduce(t)
     return tuple(t.tolist())
+
+
+def all_reduce_mean(value: Tensor, ctx: Context) -> Tensor:
+    """The mean of a tensor over ranks (identity in one process)."""
+    if not ctx.distributed:
+        return value
+    value = value.clone()
+    torch_dist.all_reduce(value)
+    return value / ctx.world_size
+
+
+def all_reduce_max(value: int, ctx: Context) -> int:
+    """The largest of an integer over ranks (identity in one process)."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather_dicts(part: dict[int, Any], ctx: Context) -> dict[int, Any]:
+    """Merge every rank's dictionary (picklable values) into one, on every rank."""
+    if not ctx.distributed:
+        return dict(part)
+    parts: list[dict[int, Any] | None] = [None] * ctx.world_size
+    torch_dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in (p or {}).items()}
+
+
+def broadcast_buffers(module: nn.Module, ctx: Context) -> None:
+    """Give every rank rank 0's buffers (e.g. statistics each rank updated on its own slice)."""
+    if not ctx.distributed:
+        return
+    for b in module.buffers():
+        torch_dist.broadcast(b, src=0)
+
+
+def maybe_no_sync(loss: Callable[..., Tensor], sync: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (gradients accumulate locally) unless ``sync``; a no-op without DDP."""
+    if sync or not isinstance(loss, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return loss.no_sync()
 
 
 def barrier(ctx: Context) -> None:

@@ -11,6 +11,14 @@ run directory, and data-parallel training under ``torchrun`` (see
 Reproducibility: the batch at step ``s`` is a function of ``(seed, s)`` alone (epoch ``e`` uses the
 permutation drawn from ``seed`` and ``e``), and the RNG states travel in the checkpoint, so
 fitting 2N steps equals fitting N, stopping, and resuming N, to the bit on CPU.
+
+Random streams: every global batch is cut into ``S = processes x accumulate`` equal contiguous
+slices; slice ``v`` is processed (its loss, its dequantization noise, its latents) on random
+stream ``v``, seeded ``seed + v`` (stream 0 is the one that built the model and objective). A
+run therefore depends on ``S``, not on how ``S`` splits into processes and accumulation
+micro-batches: 2 processes give the parameters of 1 process with ``accumulate=2``, up to float
+summation order, and a 2-process run resumes in 1 process with ``accumulate=2`` exactly. Every
+stream's state travels in the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import signal
 import sys
 import threading
 import time
+import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -311,7 +321,8 @@ def fit(
     on_nonfinite: Literal["raise", "skip"] = "raise",
     max_skipped: int = 10,
     precision: Literal["float32", "bf16"] = "float32",
-    compile: bool = False,
+    compile: bool | str = False,
+    accumulate: int = 1,
 ) -> History:
     """Fit ``model`` to ``data`` with its objective, through one shared loop.
 
@@ -347,8 +358,16 @@ def fit(
         precision: ``"bf16"`` runs each training loss under ``torch.autocast`` with bfloat16
             (parameters, optimizer state, validation and evaluation stay float32); opt-in.
         compile: compile the networks (every direct submodule of the model and the objective,
-            with ``nn.Module.compile``), leaving Pyro's distribution plumbing eager; opt-in. The
-            model stays compiled after ``fit``; its ``state_dict`` is unchanged.
+            with ``nn.Module.compile``), leaving Pyro's distribution plumbing eager; opt-in.
+            ``True`` uses torch's default backend (inductor: needs a C++ compiler on CPU); a
+            string names a ``torch.compile`` backend (``"eager"``, ``"aot_eager"``,
+            ``"inductor"``). The model stays compiled after ``fit``; its ``state_dict`` is
+            unchanged.
+        accumulate: gradient accumulation: each process cuts its share of the global batch
+            into this many equal micro-batches, one forward/backward each (memory for one),
+            then takes one optimizer step. ``batch_size`` must divide by
+            ``processes x accumulate``; the result depends only on that product (see the
+            module docstring), so ``accumulate=2`` in 1 process reproduces 2 processes.
 
     Returns:
         A :class:`History`. The model is left on ``device``, in eval mode, holding the EMA
@@ -374,6 +393,10 @@ def fit(
         raise FitError("resume=True needs out= (the run directory to resume from)")
     if precision not in ("float32", "bf16"):
         raise FitError(f"precision must be 'float32' or 'bf16', got {precision!r}")
+    if not isinstance(compile, bool | str) or compile == "":
+        raise FitError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise FitError(f"accumulate must be a positive integer, got {accumulate!r}")
     x_train, c_train = _as_tensors(data, model, "training data")
     x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data")
     eval_every = eval_every or max(steps // 20, 1)
@@ -382,7 +405,16 @@ def fit(
 
     ctx = dist_utils.init(resolve_device(device))
     device = ctx.device
-    seed_everything(seed + ctx.rank)
+    slices = ctx.world_size * accumulate
+    if min(batch_size, len(x_train)) % slices:
+        raise FitError(
+            f"the global batch ({min(batch_size, len(x_train))}) must divide into processes x "
+            f"accumulate = {ctx.world_size} x {accumulate} equal slices; choose another "
+            "batch_size or accumulate"
+        )
+    # Every rank builds the same model and objective from the same stream; the training streams
+    # (one per slice of the global batch) are set up below.
+    seed_everything(seed)
     model.to(device)
     obj = make_objective(objective, model, **objective_options).to(device)
     groups = obj.param_groups(model)
@@ -406,6 +438,7 @@ def fit(
         "world_size": ctx.world_size,
         "precision": precision,
         "compile": compile,
+        "accumulate": accumulate,
     }
 
     with contextlib.ExitStack() as stack:
@@ -413,8 +446,9 @@ def fit(
             out_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(_run_lock(out_dir))
         start = 0
+        streams = _Streams(seed, ctx.rank, accumulate)
         if resume:
-            start = _resume(out_dir, model, obj, optimizers, ema_state, history, ctx)  # type: ignore[arg-type]
+            start = _resume(out_dir, model, obj, optimizers, ema_state, history, streams, ctx)  # type: ignore[arg-type]
         elif out_dir is not None and ctx.is_main:
             _write_config(out_dir, model, fit_args)
         if start == 0:
@@ -423,9 +457,10 @@ def fit(
                 model.initialize(x_train[idx].to(device=device, dtype=_dtype(model)))
             if ema_state is not None:
                 ema_state = _EMA(model, ema)  # type: ignore[arg-type]
+            streams.start()
         model_ddp = dist_utils.wrap(model, obj, ctx)
         if compile:
-            _compile_networks(model, obj)
+            _compile_networks(model, obj, None if compile is True else compile)
         autocast = functools.partial(
             torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
         )
@@ -440,25 +475,46 @@ def fit(
             idx = dist_utils.shard(idx, ctx)
             xb = x_train[idx].to(device=device, dtype=_dtype(model), non_blocking=True)
             cb = None if c_train is None else c_train[idx].to(device)
+            micro = len(xb) // accumulate
             losses: dict[str, float] = {}
             skipped = False
             for group in obj.schedule(step):
                 opt = optimizers[group]
                 opt.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = model_ddp(xb, cb, group, step)
-                bad = not torch.isfinite(loss).item()
-                if not bad:
-                    loss.backward()
-                    norm = torch.nn.utils.clip_grad_norm_(
-                        groups[group], clip_grad if clip_grad is not None else math.inf
-                    )
-                    bad = not torch.isfinite(norm).item()
-                if bad:
+                # Each micro-batch's loss is a mean over its slice; the mean of the slices'
+                # gradients (over micro-batches here, over ranks by DDP) is the global batch's.
+                total = torch.zeros((), dtype=torch.float64, device=device)
+                # Buffers a forward pass changes (batch-norm statistics, a mask counter) behave
+                # as under DDP, which hands rank 0's to every rank before each forward: every
+                # micro-batch starts from the step's buffers, and the step keeps the first's.
+                buffers = _buffer_state(model) if accumulate > 1 else {}
+                kept = buffers
+                for j in range(accumulate):
+                    if j == 1:
+                        kept = _buffer_state(model)
+                    if j > 0:
+                        model.load_state_dict(buffers, strict=False)
+                    part = slice(j * micro, (j + 1) * micro)
+                    cj = None if cb is None else cb[part]
+                    sync = j == accumulate - 1
+                    with streams.use(j), dist_utils.maybe_no_sync(model_ddp, sync):
+                        with autocast():
+                            loss = model_ddp(xb[part], cj, group, step)
+                        (loss / accumulate).backward()
+                    total += loss.detach().double()
+                if accumulate > 1:
+                    model.load_state_dict(kept, strict=False)
+                # the global mean loss: logged, and the same skip decision on every rank
+                loss_mean = dist_utils.all_reduce_mean(total / accumulate, ctx)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    groups[group], clip_grad if clip_grad is not None else math.inf
+                )
+                bad_loss = not torch.isfinite(loss_mean).item()
+                if bad_loss or not torch.isfinite(norm).item():
                     if on_nonfinite == "raise" or consecutive_skips >= max_skipped:
                         raise NonFiniteLossError(
-                            f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at "
-                            f"step {step} (group {group!r}, loss={loss.item()}); batch: "
+                            f"non-finite {'loss' if bad_loss else 'gradient'} at "
+                            f"step {step} (group {group!r}, loss={loss_mean.item()}); batch: "
                             f"{_batch_stats(xb)}. The last good checkpoint is kept. Lower the lr, "
                             "set clip_grad, or pass on_nonfinite='skip'."
                         )
@@ -466,7 +522,7 @@ def fit(
                     skipped = True
                     continue
                 opt.step()
-                losses[f"loss/{group}" if len(groups) > 1 else "loss"] = loss.item()
+                losses[f"loss/{group}" if len(groups) > 1 else "loss"] = loss_mean.item()
             consecutive_skips = consecutive_skips + 1 if skipped else 0
             history.skipped_steps += int(skipped)
             if ema_state is not None:
@@ -499,15 +555,19 @@ def fit(
                     batch_size,
                 )
             history.elapsed = time.perf_counter() - t0
-            if guard.signum is not None:
-                path = _save_run(out_dir, model, obj, optimizers, ema_state, history, step, ctx)
+            # a signal stops every rank after the same step (torchrun may signal one rank first)
+            signum = dist_utils.all_reduce_max(guard.signum or 0, ctx)
+            if signum:
+                path = _save_run(
+                    out_dir, model, obj, optimizers, ema_state, history, step, streams, ctx
+                )
                 if bar is not None:
                     bar.close()
-                raise TrainingInterrupted(guard.signum, step, path)
+                raise TrainingInterrupted(signum, step, path)
             if out_dir is not None and (
                 step % checkpoint_every == 0 or step == steps or stop_early
             ):
-                _save_run(out_dir, model, obj, optimizers, ema_state, history, step, ctx)
+                _save_run(out_dir, model, obj, optimizers, ema_state, history, step, streams, ctx)
             if stop_early:
                 break
         if bar is not None:
@@ -515,6 +575,8 @@ def fit(
         history.elapsed = time.perf_counter() - t0
         if ema_state is not None:
             model.load_state_dict(ema_state.shadow)
+        # buffers a forward pass changes (batch-norm statistics...) are rank 0's on every rank
+        dist_utils.broadcast_buffers(model, ctx)
         model.eval()
         if out_dir is not None and ctx.is_main:
             (out_dir / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
@@ -523,15 +585,120 @@ def fit(
     return history
 
 
-def _compile_networks(model: AbstractGenerativeModel, obj: AbstractObjective) -> None:
-    """``nn.Module.compile`` every direct submodule of the model and the objective.
+def _compile_networks(
+    model: AbstractGenerativeModel, obj: AbstractObjective, backend: str | None
+) -> None:
+    """Compile every direct submodule of the model and the objective (what each child's
+    ``nn.Module.compile`` would do, made to work for every network).
 
     Compiling the whole loss would trace Pyro's distribution objects, which are rebuilt at every
     step and so make dynamo recompile every step; the networks are where the time goes.
+
+    Two differences from ``child.compile()``: (1) that compiles ``_call_impl``, a frame of
+    torch.nn that dynamo skips, so a network whose ``forward`` is torch's own (an
+    ``nn.Sequential`` MLP) silently stayed eager; here each child is entered through a frame of
+    its own, from which torch.nn's frames are inlined (hooks still run), and which gives each
+    child its own compile cache and recompile limit. (2) Shapes are static (``dynamic=False``):
+    the training batch never changes shape, and symbolic shapes break ops such as ``torch.rand``
+    with a size (dequantization); validation's other batch shapes compile once each. Inductor
+    keeps eager's random numbers (``fallback_random``).
     """
-    for owner in (model, obj):
-        for child in owner.children():
-            child.compile()
+    options: dict[str, Any] = {"dynamic": False}
+    if backend is not None:
+        options["backend"] = backend
+    if backend in (None, "inductor"):
+        # eager's random numbers (dequantization noise, dropout), not inductor's own: the run
+        # stays a function of the seed, compiled or not
+        options["options"] = {"fallback_random": True}
+    with warnings.catch_warnings():
+        # torch.compile imports inductor, whose import trips torch's own deprecation of
+        # torch.jit.script_method (torch/utils/mkldnn.py): torch's business, not the user's
+        warnings.filterwarnings("ignore", ".*torch.jit.script_method", DeprecationWarning)
+        for owner in (model, obj):
+            for name, child in owner.named_children():
+                code = _call_module.__code__.replace(
+                    co_name=f"_call_{type(child).__name__}_{name}"
+                )
+                call = types.FunctionType(code, _call_module.__globals__)
+                compiled = torch.compile(functools.partial(call, child), **options)
+                child._compiled_call_impl = functools.partial(_quiet, compiled)  # type: ignore[assignment]
+
+
+def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return module._call_impl(*args, **kwargs)
+
+
+def _quiet(compiled: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a compiled network without the warning dynamo's tracer trips on reading ``.grad``
+    of a non-leaf input (e.g. a reparameterized latent): it concerns torch's internals."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf")
+        return compiled(*args, **kwargs)
+
+
+class _Streams:
+    """The random streams of this process's slices of the global batch.
+
+    Slice ``v = rank * accumulate + j`` (micro-batch ``j`` of this rank) draws from stream ``v``:
+    stream 0 continues the stream that built the model (seeded ``seed``), stream ``v > 0`` starts
+    from ``seed + v``. With ``accumulate == 1`` the process's own RNG is its stream (no
+    swapping); otherwise the states (torch, numpy, random, CUDA) are swapped in and out around
+    each micro-batch.
+    """
+
+    def __init__(self, seed: int, rank: int, accumulate: int) -> None:
+        self.seed = seed
+        self.ids = [rank * accumulate + j for j in range(accumulate)]
+        self.states: dict[int, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        """Seed the streams of a fresh run (after the model and objective are built)."""
+        built = _rng_state()
+        for v in self.ids:
+            if v != 0:
+                seed_everything(self.seed + v)
+            self.states[v] = built if v == 0 else _rng_state()
+        _set_rng_state(self.states[self.ids[0]])
+
+    @contextlib.contextmanager
+    def use(self, j: int) -> Iterator[None]:
+        """Run micro-batch ``j`` on its stream."""
+        if len(self.ids) == 1:
+            yield
+            return
+        v = self.ids[j]
+        _set_rng_state(self.states[v])
+        try:
+            yield
+        finally:
+            self.states[v] = _rng_state()
+
+    def state_dict(self) -> dict[int, dict[str, Any]]:
+        """This process's streams by slice id (current states)."""
+        if len(self.ids) == 1:
+            return {self.ids[0]: _rng_state()}
+        return dict(self.states)
+
+    def load(self, saved: dict[int, dict[str, Any]], step: int) -> list[int]:
+        """Restore this process's streams from a checkpoint's; a stream the checkpoint lacks
+        (it was written with fewer slices) starts afresh from ``(seed, v, step)``. Returns the
+        ids of such fresh streams."""
+        fresh = []
+        for v in self.ids:
+            if v in saved:
+                self.states[v] = saved[v]
+            else:
+                seed_everything(self.seed + v + 1_000_003 * step)
+                self.states[v] = _rng_state()
+                fresh.append(v)
+        _set_rng_state(self.states[self.ids[0]])
+        return fresh
+
+
+def _buffer_state(model: AbstractGenerativeModel) -> dict[str, Tensor]:
+    """Copies of the model's saved buffers (its state dict less its parameters)."""
+    params = {k for k, _ in model.named_parameters()}
+    return {k: v.clone() for k, v in model.state_dict().items() if k not in params}
 
 
 def _dtype(model: AbstractGenerativeModel) -> torch.dtype:
@@ -632,10 +799,16 @@ def _save_run(
     ema_state: _EMA | None,
     history: History,
     step: int,
+    streams: _Streams,
     ctx: dist_utils.Context,
 ) -> Path | None:
-    """Write ``checkpoint.pt`` atomically, keeping the previous one as ``checkpoint.prev.pt``."""
-    if out_dir is None or not ctx.is_main:
+    """Write ``checkpoint.pt`` atomically, keeping the previous one as ``checkpoint.prev.pt``.
+
+    Every rank calls it (the random streams of all ranks are gathered); rank 0 writes."""
+    if out_dir is None:
+        return None
+    rng_streams = dist_utils.gather_dicts(streams.state_dict(), ctx)
+    if not ctx.is_main:
         return None
     eval_payload = ckpt.model_payload(model)
     if ema_state is not None:
@@ -647,7 +820,8 @@ def _save_run(
         "objective": {"name": obj.name, "options": obj.options, "state_dict": obj.state_dict()},
         "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
         "ema_decay": None if ema_state is None else ema_state.decay,
-        "rng": _rng_state(),
+        "rng": rng_streams[0],  # stream 0, as older checkpoints had it
+        "rng_streams": rng_streams,
         "step": step,
         "history": history.to_dict(),
     }
@@ -678,6 +852,7 @@ def _resume(
     optimizers: dict[str, torch.optim.Optimizer],
     ema_state: _EMA | None,
     history: History,
+    streams: _Streams,
     ctx: dist_utils.Context,
 ) -> int:
     """Load the newest whole checkpoint of ``out_dir`` into the run; returns its step."""
@@ -717,8 +892,18 @@ def _resume(
     for f in dataclasses.fields(History):
         setattr(history, f.name, getattr(restored, f.name))
     history.out = str(out_dir)
-    _set_rng_state(payload["rng"])
-    return int(payload["step"])
+    step = int(payload["step"])
+    saved = payload.get("rng_streams") or {0: payload["rng"]}
+    fresh = streams.load({int(v): state for v, state in saved.items()}, step)
+    slices = ctx.world_size * len(streams.ids)
+    if ctx.is_main and (fresh or len(saved) != slices):
+        print(
+            f"ppgen: {out_dir} was trained with {len(saved)} batch slices (processes x "
+            f"accumulate), this run has {slices}; training goes on, but the random draws differ "
+            "from an uninterrupted run (keep processes x accumulate equal to continue exactly)",
+            file=sys.stderr,
+        )
+    return step
 
 
 def _plot_curve(out_dir: Path, history: History) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -12,6 +13,9 @@ import torch
 
 import ppgen
 from ppgen.inference import trainer
+
+# Small hyperparameters by shared name (as in tests/models/test_protocol.py).
+SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +152,118 @@ def test_bad_data_is_refused_before_work(digits):
     with pytest.raises(ValueError, match="empty"):
         _fit(m, train.data[:0])
     assert torch.equal(m.logits, before)
+
+
+# ---- opt-in precision and compilation: results unchanged beyond a stated tolerance -----------
+
+# a few families with networks of each kind (masked MLP, conv coupling flow, Pyro ELBO, U-Net)
+PRECISION_FAMILIES = {
+    "made": {"hidden": [32]},
+    "realnvp": {"hidden": [32], "transforms": 2},
+    "vae": {"hidden": [32], "latent": 2},
+    "ddpm": {"hidden": [16], "timesteps": 10},
+}
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits: round-to-nearest error <= 2^-8
+
+
+def _validation_loss(m, x):
+    """The objective's validation loss in float32, on a fixed random stream."""
+    obj = ppgen.inference.make_objective(m.default_objective, m)
+    m.eval()
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(1)
+        return float(obj.validation_loss(m, x, None))
+
+
+@pytest.mark.parametrize("family", PRECISION_FAMILIES)
+def test_bf16_autocast_changes_results_only_at_bf16_precision(family, digits):
+    """Tolerance: autocast rounds the networks' inputs and weights to bfloat16 (unit roundoff
+    u = 2^-8), so (1) the loss at the same parameters moves by O(u) relative, and (2) every
+    gradient, hence every scale-invariant Adam step, moves by O(u) relative, so the loss
+    decrease over N steps agrees to O(u) of itself. We allow 4u for accumulation over layers."""
+    train, val = digits
+    train, x_val = train.subset(256), val.data[:128]
+    hp = PRECISION_FAMILIES[family]
+    tol = 4 * BF16_UNIT_ROUNDOFF
+
+    torch.manual_seed(0)
+    m = ppgen.build(family, train, **hp).train()
+    obj = ppgen.inference.make_objective(m.default_objective, m)
+    losses = []
+    for bf16 in (False, True):
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(3)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                losses.append(float(obj.loss(m, train.data[:64], None, "model", 0)))
+    assert losses[1] == pytest.approx(losses[0], rel=tol), family
+
+    start = _validation_loss(m, x_val)
+    trained = {}
+    for precision in ("float32", "bf16"):
+        torch.manual_seed(0)
+        m = ppgen.build(family, train, **hp)
+        hist = _fit(m, train, steps=30, batch_size=32, lr=1e-3, log_every=1, precision=precision)
+        trained[precision] = (_validation_loss(m, x_val), hist.loss)
+        assert next(m.parameters()).dtype == torch.float32, "parameters stay float32"
+    (fp32, fp32_curve), (bf16, bf16_curve) = trained["float32"], trained["bf16"]
+    assert fp32_curve != bf16_curve, f"{family}: precision='bf16' must reach the loss"
+    assert fp32 < start, f"{family}: 30 steps must improve the validation loss"
+    assert abs(bf16 - fp32) <= tol * (start - fp32), (family, start, fp32, bf16)
+
+
+_GRAPHS: list[int] = []
+
+
+def _counting_backend(gm, example_inputs):
+    """A torch.compile backend that records each captured graph and runs it as traced."""
+    _GRAPHS.append(len(gm.graph.nodes))
+    return gm.forward
+
+
+torch._dynamo.register_backend(name="ppgen_test_counting")(_counting_backend)
+
+
+def test_compile_reaches_every_network_and_changes_nothing(digits):
+    """compile= is wired for every family: each network (a direct submodule of the model or
+    objective, e.g. the VAE's nn.Sequential MLPs, which nn.Module.compile leaves eager) is
+    traced by dynamo, with validation's other batch shapes too; running the traced graphs
+    gives the eager parameters (same ops: 1e-5 leaves room for nothing but reordering)."""
+    train, val = digits
+    train, val = train.subset(64), val.subset(40)
+    for family in ppgen.models.names():
+        cls = ppgen.models.get(family)
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        hp = {k: v for k, v in SMALL.items() if k in names}
+        params = []
+        for backend in (False, "ppgen_test_counting"):
+            torch.manual_seed(0)
+            m = ppgen.build(family, train, **hp)
+            _GRAPHS.clear()
+            _fit(m, train, steps=3, batch_size=16, lr=1e-3, val=val, compile=backend)
+            params.append(dict(m.named_parameters()))
+        networks = list(m.children())
+        assert (len(_GRAPHS) > 0) == (len(networks) > 0), (family, len(_GRAPHS))
+        for k, v in params[0].items():
+            assert torch.allclose(v, params[1][k], rtol=0, atol=1e-5), f"{family}: {k}"
+
+
+@pytest.mark.parametrize(
+    "family", ["made", pytest.param("vae", marks=pytest.mark.slow),
+               pytest.param("realnvp", marks=pytest.mark.slow),
+               pytest.param("ddpm", marks=pytest.mark.slow)]
+)
+def test_inductor_compile_gives_the_eager_parameters(family, digits):
+    """torch.compile's default backend (inductor: generated C++ on CPU) after 5 steps equals
+    eager to 1e-5: fusion reorders float32 sums (relative error ~1e-7 per reduction), and with
+    lr=1e-3 five Adam steps cannot grow that near 1e-5; random numbers (MADE's dropout, flows'
+    dequantization) stay eager's (fallback_random), so the draws are the same."""
+    train, _ = digits
+    train = train.subset(64)
+    params = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        m = ppgen.build(family, train, **PRECISION_FAMILIES[family])
+        _fit(m, train, steps=5, batch_size=16, lr=1e-3, compile=compile)
+        params.append(dict(m.named_parameters()))
+    for k, v in params[0].items():
+        assert torch.allclose(v, params[1][k], rtol=0, atol=1e-5), f"{family}: {k}"
