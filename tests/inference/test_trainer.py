@@ -238,6 +238,9 @@ def test_compile_reaches_every_network_and_changes_nothing(digits):
         for backend in (False, "ppgen_test_counting"):
             torch.manual_seed(0)
             m = ppgen.build(family, train, **hp)
+            # a fresh dynamo cache: code objects compiled by earlier tests in this process
+            # (up to dynamo's recompile limit) would otherwise run without calling the backend
+            torch._dynamo.reset()
             _GRAPHS.clear()
             _fit(m, train, steps=3, batch_size=16, lr=1e-3, val=val, compile=backend)
             params.append(dict(m.named_parameters()))
