@@ -415,8 +415,11 @@ def evaluate(
         kinds = {k for g in gathered for k in g[1]}
     assert len(kinds) == 1, f"estimator {name} mixed kinds {kinds}"
     k = num_particles if num_particles is not None else DEFAULT_PARTICLES.get(name)
+    kind = kinds.pop()
     label = name if k is None or name in ("exact", "elbo") else f"{name}-{k}"
-    return Evaluation(per_example, kinds.pop(), label,  # type: ignore[arg-type]
+    if name == "exact" and kind == "lower_bound":
+        label = "dequantized"  # the model's exact density, of the dequantized data
+    return Evaluation(per_example, kind, label,  # type: ignore[arg-type]
                       model.config.num_dims, _convention(model))
 
 
