@@ -489,6 +489,7 @@ def test_bad_configs_are_refused():
 # ---- quality (slow) -----------------------------------------------------------------------------
 
 
+@pytest.mark.goal
 @pytest.mark.slow
 def test_made_defaults_reach_2_bits_per_dim_on_digits():
     train, val, test = (ppgen.datasets.load("digits", s) for s in ("train", "val", "test"))

@@ -566,6 +566,7 @@ def test_fit_defaults_and_short_fit_on_moons():
     assert ratio < 10, ratio
 
 
+@pytest.mark.goal
 @pytest.mark.slow
 def test_fit_on_moons_to_quality():
     train = ppgen.datasets.load("moons", "train")

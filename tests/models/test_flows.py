@@ -531,6 +531,7 @@ def test_maf_short_fit_on_moons_reaches_half_a_nat():
     assert ev.nats < 0.5, str(ev)
 
 
+@pytest.mark.goal
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_flow_fits_moons_below_half_a_nat(family):

@@ -440,6 +440,7 @@ def test_nuts_inverts_a_linear_generator():
 # ---- mode coverage ------------------------------------------------------------------------------
 
 
+@pytest.mark.goal
 @pytest.mark.slow
 def test_short_fit_on_8gaussians_covers_most_modes():
     train = ppgen.datasets.load("8gaussians", "train")

@@ -400,6 +400,7 @@ def test_bad_context_and_method_are_refused():
 # ---- training to the goal (slow) --------------------------------------------------------------
 
 
+@pytest.mark.goal
 @pytest.mark.slow
 def test_gated_pixelcnn_reaches_two_bits_per_dim_on_digits():
     """Issue 10's goal: Gated PixelCNN at or below MADE's goal, 2.00 bits/dim, exact, on the
