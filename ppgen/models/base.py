@@ -25,6 +25,7 @@ __all__ = [
 import abc
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
@@ -198,6 +199,17 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
 
     def guide(self, x: Tensor | None = None, context: Tensor | None = None) -> None:
         """The variational family; families without latent variables have an empty guide."""
+
+    def sampling_generator(
+        self, seed: int | None, generator: torch.Generator | None
+    ) -> torch.Generator | None:
+        """The generator ``sample`` draws with: a private one seeded with ``seed`` on the model's
+        device (the global RNG is left alone), else the caller's ``generator``."""
+        if seed is None:
+            return generator
+        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        return torch.Generator(device=device).manual_seed(seed)
 
     @abc.abstractmethod
     def sample(

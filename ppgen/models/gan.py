@@ -361,9 +361,7 @@ class GAN(AbstractGenerativeModel):
     ) -> Tensor:
         """``n`` draws ``G(z)`` in data units (``floor(G(z))`` clipped to the levels for
         discrete data), reproducible with ``seed`` or ``generator``."""
-        ref = self._observation_scale
-        if seed is not None:
-            generator = torch.Generator(device=ref.device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         x = self.generate(self.sample_latent(n, generator=generator))
         if self.config.kind == "continuous":
             return x

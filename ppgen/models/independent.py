@@ -97,8 +97,7 @@ class Independent(AbstractGenerativeModel):
         generator: torch.Generator | None = None,
         context: Tensor | None = None,
     ) -> Tensor:
-        if seed is not None:
-            generator = torch.Generator(device=self.logits.device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         probs = self.logits.softmax(-1)  # (D, K)
         k = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, D)
         if self.config.kind == "continuous":

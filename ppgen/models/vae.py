@@ -543,8 +543,7 @@ class VAE(AbstractGenerativeModel):
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
         self._check_context(context, n)
-        if seed is not None:
-            generator = torch.Generator(device=self.zero.device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         opts = {"generator": generator, "device": self.zero.device, "dtype": self.zero.dtype}
         latent = self.config.latent
         if self.config.prior == "mixture":

@@ -263,8 +263,7 @@ class MADE(AbstractGenerativeModel):
             raise ValueError(f"sample needs n >= 1, got {n}")
         weight = self.net.output.weight
         device, dtype = weight.device, weight.dtype
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         d, e, kind = self.config.num_dims, self.config.num_ensemble, self.config.kind
         which = torch.randint(e, (n,), generator=generator, device=device)
         u, eps = cond.draw_noise((n, d), kind, generator, device, dtype)

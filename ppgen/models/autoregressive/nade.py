@@ -232,8 +232,7 @@ class NADE(AbstractGenerativeModel):
         if n < 1:
             raise ValueError(f"sample needs n >= 1, got {n}")
         device, dtype = self.c.device, self.c.dtype
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         d = self.config.num_dims
         u, eps = cond.draw_noise((n, d), self.config.kind, generator, device, dtype)
         x_seq = torch.zeros(n, d, device=device, dtype=dtype)

@@ -288,8 +288,7 @@ class AbstractPixelCNN(AbstractGenerativeModel):
             raise ValueError(f"n must be >= 1, got {n}")
         context = self._check_context(context, n)
         param = next(self.parameters())
-        if seed is not None:
-            generator = torch.Generator(device=param.device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         channels, height, width = self.config.event_shape
         u = torch.rand(
             (n, channels, height, width, 2),

@@ -557,8 +557,7 @@ class DDPM(AbstractGenerativeModel):
                 f"need n >= 1 and 1 <= sampling_steps <= {cfg.timesteps}, got {n}, {steps}"
             )
         device, dtype = self.data_loc.device, self.data_loc.dtype
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         x = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
         denoise = self._denoiser(self._times(x))
         options = {"parameterization": cfg.parameterization, "clip": self._clip}

@@ -641,8 +641,7 @@ class AbstractFlow(AbstractGenerativeModel):
             temperature: the base standard deviation (Glow's temperature; 1 is the model).
         """
         anchor = self.flow._anchor
-        if seed is not None:
-            generator = torch.Generator(device=anchor.device).manual_seed(seed)
+        generator = self.sampling_generator(seed, generator)
         flow = self.flow(context)
         z = torch.randn((n, *self.flow.base_shape), generator=generator, device=anchor.device,
                         dtype=anchor.dtype)
