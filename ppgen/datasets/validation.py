@@ -52,7 +52,9 @@ def check_batch(
         )
     if x.shape[0] == 0:
         raise DataError(f"{what} is empty (0 examples); pass at least one example")
-    if x.is_floating_point():
+    # one reduction first: a NaN or inf anywhere makes the sum non-finite (the exact, 4-pass
+    # check runs only then, e.g. when finite values overflow the sum)
+    if x.is_floating_point() and not bool(torch.isfinite(x.sum())):
         bad = ~torch.isfinite(x)
         if bad.any():
             count = int(bad.sum())

@@ -150,7 +150,8 @@ class MaskedMLP(nn.Module):
         )
         self.output = MaskedLinear(widths[-1], num_inputs * out_per_dim,
                                    torch.ones(num_inputs * out_per_dim, widths[-1]))
-        self.activation = activation()
+        # in place: a ReLU's input here is always a fresh linear output, which no backward needs
+        self.activation = activation(inplace=True) if activation is nn.ReLU else activation()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.set_masks(torch.arange(num_inputs) if order is None else order)
 

@@ -525,8 +525,12 @@ def sum_event(t: Tensor, event_dim: int) -> Tensor:
 
 def soft_clamp(s: Tensor, bound: float) -> Tensor:
     r""":math:`b \tanh(s / b)`: identity near 0, smoothly bounded in :math:`(-b, b)`, symmetric,
-    so a scale :math:`e^s` can both contract and expand."""
-    return torch.tanh(s / bound) * bound
+    so a scale :math:`e^s` can both contract and expand.
+
+    Computed as :math:`2b\,\sigma(2s/b) - b`, the same function: torch's CPU ``tanh`` costs
+    about six times its vectorized ``sigmoid`` (85 vs 14 us on 32k floats here), and this clamp
+    runs in every coupling and autoregressive layer."""
+    return torch.sigmoid(s * (2.0 / bound)).mul(2.0 * bound).sub_(bound)
 
 
 # ---- the family base ----------------------------------------------------------------------------
