@@ -334,3 +334,31 @@ def test_cli_fits_and_evaluates_a_user_file(tmp_path, capsys):
     assert f"{path}/test" in out and "exact" in out
     ev = ppgen.evaluate(ppgen.load(run / "checkpoint.pt"), ppgen.datasets.load(path, "test"))
     assert ev.num_dims == 6 and math.isfinite(ev.bits_per_dim)
+
+
+@given(
+    data=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=6),
+                    elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+)
+@FAST
+def test_batch_check_finds_every_non_finite_value(data):
+    """``check_batch`` tests one sum first and the elements only when it is not finite: it must
+    still refuse exactly the batches holding NaN or inf, with their count, and accept finite
+    batches whose sum overflows (e.g. two values near float32's maximum)."""
+    from ppgen.datasets.validation import check_batch
+
+    x = torch.from_numpy(data)
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        with pytest.raises(DataError, match=f"holds {bad} non-finite"):
+            check_batch(x, x.shape[1:], "continuous", None)
+    else:
+        assert check_batch(x, x.shape[1:], "continuous", None) is x
+
+
+def test_batch_check_accepts_finite_values_whose_sum_overflows():
+    from ppgen.datasets.validation import check_batch
+
+    big = torch.full((4, 3), 3e38)
+    assert not torch.isfinite(big.sum())
+    assert check_batch(big, (3,), "continuous", None) is big

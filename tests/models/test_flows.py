@@ -250,6 +250,22 @@ def test_affine_scales_both_contract_and_expand():
         assert torch.allclose(ladj, torch.full_like(ladj, sign * 6.0), atol=1e-6), sign
 
 
+
+@given(bound=st.floats(0.5, 10.0), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None)
+def test_soft_clamp_is_b_tanh_s_over_b(bound, seed):
+    """The clamp is computed through sigmoid (cheaper on CPU); it must be b tanh(s / b) itself,
+    values and gradients, in float64 and float32."""
+    g = torch.Generator().manual_seed(seed)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        s = (torch.randn(257, generator=g, dtype=torch.float64) * 4 * bound).to(dtype)
+        s = s.requires_grad_()
+        ours, ref = soft_clamp(s, bound), bound * torch.tanh(s / bound)
+        assert torch.allclose(ours, ref, rtol=0, atol=tol * bound)
+        (g_ours,) = torch.autograd.grad(ours.sum(), s)
+        (g_ref,) = torch.autograd.grad(ref.sum(), s)
+        assert torch.allclose(g_ours, g_ref, rtol=0, atol=4 * tol)
+
 # ---- data units ---------------------------------------------------------------------------------
 
 
