@@ -14,7 +14,7 @@ Sampling is a deterministic function of noise drawn up front (``u ~ U[0, 1)`` pe
 
 from __future__ import annotations
 
-__all__ = ["draw_noise", "log_prob_dims", "num_params", "sample_dims"]
+__all__ = ["draw_noise", "log_prob_dims", "num_params", "sample_dims", "softplus"]
 
 import math
 
@@ -39,6 +39,13 @@ def num_params(kind: str, levels: int | None, components: int) -> int:
     return 3 * components
 
 
+def softplus(x: Tensor) -> Tensor:
+    r""":math:`\log(1 + e^x)` to full precision. ``F.softplus`` returns ``x`` itself above
+    ``x = 20``, an error of :math:`e^{-x}` (up to 2e-9 nats per dimension), which a float64
+    check that the conditionals sum to one over every point sees; ``logsigmoid`` is exact."""
+    return -F.logsigmoid(-x)
+
+
 def log_prob_dims(params: Tensor, x: Tensor, kind: str) -> Tensor:
     """Per-dimension conditional log-probabilities in nats.
 
@@ -47,7 +54,7 @@ def log_prob_dims(params: Tensor, x: Tensor, kind: str) -> Tensor:
     """
     if kind == "binary":
         logit = params[..., 0]
-        return x * logit - F.softplus(logit)  # x log s(l) + (1 - x) log(1 - s(l))
+        return x * logit - softplus(logit)  # x log s(l) + (1 - x) log(1 - s(l))
     if kind == "discrete":
         return params.log_softmax(-1).gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
     logits, loc, log_scale = params.chunk(3, dim=-1)

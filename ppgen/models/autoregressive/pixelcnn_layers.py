@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ppgen.models.autoregressive._conditionals import softplus
+
 if TYPE_CHECKING:
     from ppgen.models.autoregressive.pixelcnn import PixelCNNConfig
 
@@ -253,10 +255,10 @@ class DiscretizedLogisticMixture(dist.TorchDistribution):
         lower = (y - half - self.loc) * inv_s  # b = a - 2 delta / s
         # log(sigma(a) - sigma(b)), stable for every a > b; b - a is formed directly, not by
         # subtraction, so it never rounds to 0
-        mid = upper + torch.log(-torch.expm1(-2.0 * half * inv_s)) - F.softplus(upper)
-        mid = mid - F.softplus(lower)
-        log_cdf_upper = -F.softplus(-upper)  # x = 0: P = sigma(a)
-        log_sf_lower = -F.softplus(lower)  # x = L - 1: P = 1 - sigma(b)
+        mid = upper + torch.log(-torch.expm1(-2.0 * half * inv_s)) - softplus(upper)
+        mid = mid - softplus(lower)
+        log_cdf_upper = -softplus(-upper)  # x = 0: P = sigma(a)
+        log_sf_lower = -softplus(lower)  # x = L - 1: P = 1 - sigma(b)
         lp = torch.where(x <= 0, log_cdf_upper, torch.where(x >= levels - 1, log_sf_lower, mid))
         return torch.logsumexp(self.logits.log_softmax(-1) + lp, dim=-1)
 
