@@ -273,3 +273,24 @@ def test_inductor_compile_gives_the_eager_parameters(family, digits):
         params.append(dict(m.named_parameters()))
     for k, v in params[0].items():
         assert torch.allclose(v, params[1][k], rtol=0, atol=1e-5), f"{family}: {k}"
+
+
+def test_grad_norm_without_clip_leaves_gradients_alone():
+    """Without clip_grad the trainer only measures the norm (for the non-finite check); with it,
+    gradients are clipped as clip_grad_norm_ does."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=g)) for _ in range(3)]
+    params.append(torch.nn.Parameter(torch.randn(2)))  # no gradient: skipped
+    for p in params[:3]:
+        p.grad = 10 * torch.randn(p.shape, generator=g)
+    grads = [p.grad.clone() for p in params[:3]]
+    expected = torch.linalg.vector_norm(torch.cat([x.flatten() for x in grads]))
+    norm = trainer._grad_norm(params, None)
+    assert torch.allclose(norm, expected)
+    assert all(torch.equal(p.grad, x) for p, x in zip(params[:3], grads, strict=True))
+    norm = trainer._grad_norm(params, 1.0)
+    assert torch.allclose(norm, expected)
+    clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
+    assert torch.allclose(clipped, torch.tensor(1.0), atol=1e-5)
+    params[0].grad[0, 0] = math.nan
+    assert not torch.isfinite(trainer._grad_norm(params, None))
