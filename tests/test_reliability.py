@@ -306,6 +306,8 @@ def _kill_at_and_check(tmp_path: Path, hook: str, nth: int, reference: dict) -> 
         assert code == 2  # "nothing to resume from": a clear error, then a fresh run works
         return True
     assert code == 0
+    left = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert not left, f"temp files of the interrupted write were left: {left}"
     final = ckpt.read_checkpoint(out / "checkpoint.pt")
     assert final["step"] == _STEPS
     state = final["model"]["state_dict"]
@@ -329,3 +331,24 @@ def test_kill_9_at_every_step_of_every_checkpoint_write(tmp_path, reference_stat
         tried[hook] = nth - 1
     print(f"kill points tried: {tried}, total {sum(tried.values())}")
     assert all(n >= 3 for n in tried.values()), tried
+
+
+def test_a_fit_removes_what_an_interrupted_write_left(tmp_path):
+    """Temp files of a write killed half-way (a checkpoint's ``.NAME.XXXX.tmp``, the rotation's
+    hard link, a JSON file's temp) are deleted when the next fit takes the run directory; the
+    user's own files there are not touched."""
+    from ppgen.cli import main
+
+    out = tmp_path / "run"
+    assert main(_fit_args(out)) == 0
+    stale = [".checkpoint.pt.k2j4_x.tmp", ".best.pt.abc123.tmp", ".checkpoint.prev.pt.link",
+             ".config.json.tmp", ".history.json.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"half a file")
+    (out / "notes.tmp").write_text("mine")
+    (out / ".mine").write_text("mine too")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(_fit_args(out, "--resume")) == 0
+    assert not [n for n in stale if (out / n).exists()]
+    assert (out / "notes.tmp").read_text() == "mine" and (out / ".mine").exists()
+    json.loads((out / "history.json").read_text())

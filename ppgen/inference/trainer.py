@@ -260,6 +260,21 @@ class _SignalGuard:
             signal.signal(sig, handler)
 
 
+# The temp files a write of the run's files leaves if the process dies mid-write (kill -9,
+# power loss): ``write_checkpoint``'s ``.NAME.XXXX.tmp`` and the rotation's hard link.
+_STALE = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".config.json.tmp", ".history.json.tmp",
+          ".checkpoint.prev.pt.link")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete what an interrupted write left in ``out``. Only called under the run lock, so no
+    other fit can be writing those files now."""
+    for pattern in _STALE:
+        for p in out.glob(pattern):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 @contextlib.contextmanager
 def _run_lock(out: Path) -> Iterator[None]:
     """An exclusive lock on the run directory: two fits never interleave checkpoints."""
@@ -459,6 +474,7 @@ def fit(
         if out_dir is not None and ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(_run_lock(out_dir))
+            _remove_stale_temp_files(out_dir)
         start = 0
         streams = _Streams(seed, ctx.rank, accumulate)
         if resume:
@@ -591,7 +607,7 @@ def fit(
         dist_utils.broadcast_buffers(model, ctx)
         model.eval()
         if out_dir is not None and ctx.is_main:
-            (out_dir / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+            _write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
             _plot_curve(out_dir, history)
     dist_utils.barrier(ctx)
     return history
@@ -798,9 +814,15 @@ def _write_config(out_dir: Path, model: AbstractGenerativeModel, fit_args: dict[
         "fit": fit_args,
         "argv": sys.argv,
     }
-    tmp = out_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, out_dir / "config.json")
+    _write_text(out_dir / "config.json", json.dumps(config, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temp file renamed over it): a kill mid-write never
+    leaves a truncated JSON file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _save_run(
@@ -852,6 +874,10 @@ def _save_run(
 
             shutil.copyfile(path, link)
         os.replace(link, out_dir / "checkpoint.prev.pt")
+        # rename() does nothing when both names already are the same file (a write killed after
+        # the last rotation left checkpoint.prev.pt and checkpoint.pt one file): drop the link
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
     ckpt.write_checkpoint(path, payload)
     ckpt._fsync_dir(out_dir)
     return path
