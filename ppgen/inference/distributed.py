@@ -119,7 +119,14 @@ def wrap(model: nn.Module, objective: nn.Module, ctx: Context) -> Callable[..., 
     if not ctx.distributed or not any(p.requires_grad for p in loss.parameters()):
         return loss
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
+    # An objective that steps parameter groups in turn (a GAN's generator, then its critic)
+    # leaves the other groups out of each backward pass, which DDP must be told; with one group
+    # every parameter gets a gradient, and the search for unused ones (a graph walk per step,
+    # and a warning per rank from torch when it finds none) is skipped.
+    groups = getattr(objective, "param_groups", None)
+    several = groups is None or len(groups(model)) > 1
+    return nn.parallel.DistributedDataParallel(loss, device_ids=ids,
+                                               find_unused_parameters=several)
 
 
 def all_reduce_sum(values: tuple[float, ...], ctx: Context) -> tuple[float, ...]:
