@@ -25,10 +25,14 @@ __all__ = [
     "model_payload",
     "model_from_payload",
     "read_checkpoint",
+    "remove_partial_writes",
     "save",
+    "write_atomic",
     "write_checkpoint",
 ]
 
+import contextlib
+import glob
 import hashlib
 import importlib
 import io
@@ -64,20 +68,33 @@ def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         OSError: when the disk is full or the directory unwritable; the previous file at
             ``path`` is then left untouched.
     """
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
     blob = MAGIC + hashlib.sha256(data).digest() + struct.pack("<Q", len(data)) + data
+    write_atomic(path, blob, "checkpoint")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, what: str = "file") -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temp file ``.NAME.XXXX.tmp`` in the same
+    directory, flushed and fsynced, renamed over ``path``, then the directory fsynced. A kill
+    at any point leaves the old file or the new one; only the temp file can be left over
+    (:func:`remove_partial_writes` deletes it).
+
+    Raises:
+        CheckpointWriteError: the disk is full or the directory unwritable; the previous file
+            at ``path`` is intact.
+    """
+    path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise CheckpointWriteError(
-            e.errno, f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact"
+            e.errno, f"cannot write {what} {path}: {e.strerror}; the previous one is intact"
         ) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(blob)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -89,10 +106,21 @@ def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         if isinstance(e, OSError) and not isinstance(e, CheckpointWriteError):
             raise CheckpointWriteError(
                 e.errno,
-                f"cannot write checkpoint {path}: {e.strerror}; the previous one is intact",
+                f"cannot write {what} {path}: {e.strerror}; the previous one is intact",
             ) from e
         raise
     _fsync_dir(path.parent)
+
+
+def remove_partial_writes(directory: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Delete the temp files a :func:`write_atomic` of ``directory/NAME`` (for each of
+    ``names``) left when its process died mid-write. Call it only where no other process can be
+    writing those files (the trainer holds its run lock)."""
+    directory = Path(directory)
+    for name in names:
+        for p in directory.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

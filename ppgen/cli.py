@@ -198,7 +198,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
         run_config["builder"] = args.model
         run_config["builder_options"] = overrides["model"]
-    config_path.write_text(json.dumps(run_config, indent=2))
+    ckpt.write_atomic(config_path, json.dumps(run_config, indent=2).encode(), "run config")
     ev = evaluate(model, val if val is not None else train, seed=args.seed)
     print(
         f"fit {args.model} on {args.data}: {history.steps} steps in {history.elapsed:.1f}s; "

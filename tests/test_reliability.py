@@ -342,7 +342,7 @@ def test_a_fit_removes_what_an_interrupted_write_left(tmp_path):
     out = tmp_path / "run"
     assert main(_fit_args(out)) == 0
     stale = [".checkpoint.pt.k2j4_x.tmp", ".best.pt.abc123.tmp", ".checkpoint.prev.pt.link",
-             ".config.json.tmp", ".history.json.tmp"]
+             ".config.json.q1w2e3.tmp", ".history.json.z9y8x7.tmp"]
     for name in stale:
         (out / name).write_bytes(b"half a file")
     (out / "notes.tmp").write_text("mine")

@@ -30,11 +30,15 @@ import dataclasses
 import datetime
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ppgen.inference.objectives import AbstractObjective
+    from ppgen.models.base import AbstractGenerativeModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +117,9 @@ class _Loss(nn.Module):
         return self.objective.loss(self.model, x, context, group, step)
 
 
-def wrap(model: nn.Module, objective: nn.Module, ctx: Context) -> Callable[..., Tensor]:
+def wrap(
+    model: AbstractGenerativeModel, objective: AbstractObjective, ctx: Context
+) -> Callable[..., Tensor]:
     """A callable ``(x, context, group, step) -> loss``; gradient-averaging under DDP."""
     loss = _Loss(model, objective)
     if not ctx.distributed or not any(p.requires_grad for p in loss.parameters()):
@@ -123,8 +129,7 @@ def wrap(model: nn.Module, objective: nn.Module, ctx: Context) -> Callable[..., 
     # leaves the other groups out of each backward pass, which DDP must be told; with one group
     # every parameter gets a gradient, and the search for unused ones (a graph walk per step,
     # and a warning per rank from torch when it finds none) is skipped.
-    groups = getattr(objective, "param_groups", None)
-    several = groups is None or len(groups(model)) > 1
+    several = len(objective.param_groups(model)) > 1
     return nn.parallel.DistributedDataParallel(loss, device_ids=ids,
                                                find_unused_parameters=several)
 

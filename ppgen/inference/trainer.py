@@ -260,19 +260,18 @@ class _SignalGuard:
             signal.signal(sig, handler)
 
 
-# The temp files a write of the run's files leaves if the process dies mid-write (kill -9,
-# power loss): ``write_checkpoint``'s ``.NAME.XXXX.tmp`` and the rotation's hard link.
-_STALE = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".config.json.tmp", ".history.json.tmp",
-          ".checkpoint.prev.pt.link")
+# The files a run writes atomically (checkpoint.write_atomic), and the hard link of the
+# checkpoint rotation (_save_run): what a kill mid-write can leave behind is derived from them.
+_RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "history.json")
+_PREV_LINK = ".checkpoint.prev.pt.link"
 
 
 def _remove_stale_temp_files(out: Path) -> None:
     """Delete what an interrupted write left in ``out``. Only called under the run lock, so no
     other fit can be writing those files now."""
-    for pattern in _STALE:
-        for p in out.glob(pattern):
-            with contextlib.suppress(OSError):
-                p.unlink()
+    ckpt.remove_partial_writes(out, _RUN_FILES)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(out / _PREV_LINK)
 
 
 @contextlib.contextmanager
@@ -607,7 +606,8 @@ def fit(
         dist_utils.broadcast_buffers(model, ctx)
         model.eval()
         if out_dir is not None and ctx.is_main:
-            _write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
+            ckpt.write_atomic(out_dir / "history.json",
+                              json.dumps(history.to_dict(), indent=1).encode(), "history")
             _plot_curve(out_dir, history)
     dist_utils.barrier(ctx)
     return history
@@ -814,15 +814,7 @@ def _write_config(out_dir: Path, model: AbstractGenerativeModel, fit_args: dict[
         "fit": fit_args,
         "argv": sys.argv,
     }
-    _write_text(out_dir / "config.json", json.dumps(config, indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all (a temp file renamed over it): a kill mid-write never
-    leaves a truncated JSON file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    ckpt.write_atomic(out_dir / "config.json", json.dumps(config, indent=2).encode(), "run config")
 
 
 def _save_run(
@@ -864,7 +856,7 @@ def _save_run(
         # the predecessor becomes checkpoint.prev.pt through a hard link (the same bytes), and
         # the new checkpoint is renamed over checkpoint.pt by write_checkpoint (temp file,
         # fsync, rename): checkpoint.pt is never absent nor partial, whenever a kill comes
-        link = out_dir / ".checkpoint.prev.pt.link"
+        link = out_dir / _PREV_LINK
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
         try:
