@@ -145,7 +145,7 @@ def test_kernel_statistics_equal_the_naive_unbiased_formulas(n, m, d, seed, band
         k = metrics.kid(x[:s], y[:s], subset_size=s, num_subsets=3, num_permutations=0)
         # every subset is the whole sample (in another order): each estimate is the full one
         want = _naive_mmd2(poly(x[:s], x[:s]), poly(y[:s], y[:s]), poly(x[:s], y[:s]))
-        assert k.value == pytest.approx(want, rel=1e-5, abs=1e-6)  # float32 products
+        assert k.value == pytest.approx(want, rel=1e-5, abs=1e-6)
         assert k.stderr == pytest.approx(0.0, abs=1e-5 * (1 + abs(want)))
 
 
