@@ -22,6 +22,7 @@ __all__ = [
     "from_pyro",
     "inference",
     "load",
+    "load_run",
     "metrics",
     "models",
     "posterior",
@@ -36,5 +37,6 @@ from ppgen.inference.posterior import posterior
 from ppgen.inference.trainer import fit
 from ppgen.models import build
 from ppgen.models.custom import from_pyro
+from ppgen.run_directory import load_run
 
 __version__ = "0.1.0"

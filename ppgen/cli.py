@@ -13,7 +13,6 @@ __all__ = ["main"]
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from ppgen import checkpoint as ckpt
-from ppgen import datasets, models
+from ppgen import datasets, models, run_directory
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
@@ -71,25 +70,34 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _not_overrides(extra: Sequence[str]) -> list[str]:
+    """The items of ``extra`` that are neither ``--model.X``/``--objective.X`` overrides nor
+    their values."""
+    unknown = []
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith(("--model.", "--objective.")):
+            i += 1 if "=" in item else 2
+            continue
+        unknown.append(item)
+        i += 1
+    return unknown
+
+
 def resolve_family(
     name: str,
 ) -> type[AbstractGenerativeModel] | Callable[..., AbstractGenerativeModel]:
     """A registered family name, or ``package.module:Name`` for a user's own model: a subclass of
     the protocol, or a *builder*, a function that takes the data facts (``event_shape``,
     ``kind``, ``levels``) and the ``--model.X`` options as keywords and returns a protocol
-    object (e.g. a ``ppgen.from_pyro`` wrapper). The current directory is searched first."""
+    object (e.g. a ``ppgen.from_pyro`` wrapper). The module is imported from the import path as
+    it is (``PYTHONPATH=.`` for a module in the current directory): ppgen never adds a directory
+    to ``sys.path``."""
     if ":" not in name:
         return models.get(name)
-    module, _, qualname = name.partition(":")
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import model class {name!r}: {e}") from None
-    finally:
-        sys.path.pop(0)
+    obj = run_directory.import_object(name, "model class")
     if isinstance(obj, type) and issubclass(obj, AbstractGenerativeModel):
         return obj
     if callable(obj) and not isinstance(obj, type):
@@ -101,45 +109,22 @@ def resolve_family(
 
 
 def _build(name: str, spec: dict[str, Any], options: dict[str, Any]) -> AbstractGenerativeModel:
-    """A model from a family name, a user's class or a user's builder function."""
-    model = resolve_family(name)(**spec, **options)
-    if not isinstance(model, AbstractGenerativeModel):
-        raise ValueError(
-            f"{name!r} returned a {type(model).__name__}, not a ppgen model (a subclass of "
-            "ppgen.models.AbstractGenerativeModel, e.g. what ppgen.from_pyro returns)"
-        )
-    return model
+    """A model from a family name, or a user's class or builder named on the command line."""
+    resolve_family(name)  # one clear error for a name that is neither
+    return run_directory.build_from(name, spec, options)
 
 
 def load_data(name: str, split: str) -> Dataset:
     return datasets.load(name, split=split)
 
 
-def _run_model_path(run: str) -> Path:
-    path = Path(run)
-    if path.is_file():
-        return path
-    for candidate in ("best.pt", "checkpoint.pt"):
-        if (path / candidate).exists():
-            return path / candidate
-    raise ckpt.CheckpointError(f"{run}: no best.pt or checkpoint.pt in this run directory")
-
-
-def _load_run(run: str) -> tuple[AbstractGenerativeModel, dict[str, Any]]:
-    path = _run_model_path(run)
-    config_path = (path.parent if path.is_file() else path) / "config.json"
-    run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    builder = run_config.get("builder")
-    if builder is not None and not isinstance(resolve_family(builder), type):
-        # a user's builder function: rebuild with the recorded data facts and options
-        facts = run_config["model"]
-        spec = {k: facts[k] for k in ("event_shape", "kind", "levels")}
-        spec["event_shape"] = tuple(spec["event_shape"])
-        model = _build(builder, spec, run_config.get("builder_options", {}))
-        return ckpt.load_into(model, path), run_config
-    family = run_config.get("family", "")
-    model_class = resolve_family(family) if ":" in family else None
-    return ckpt.load(path, model_class=model_class), run_config  # type: ignore[arg-type]
+def _load_run(
+    run: str, trust_code: bool = False
+) -> tuple[AbstractGenerativeModel, dict[str, Any]]:
+    """A run directory's model and ``config.json``, read as untrusted data (see
+    :mod:`ppgen.run_directory`): user code it names is imported only with ``--trust-code``."""
+    model, record = run_directory.load_run(run, trust_code=trust_code)
+    return model, record.config
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -212,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.inference import distributed
     from ppgen.inference.trainer import resolve_device
 
-    model, run_config = _load_run(args.run)
+    model, run_config = _load_run(args.run, args.trust_code)
     name = args.data or run_config.get("data")
     if name is None:
         raise ValueError("pass --data (the run directory does not record its dataset)")
@@ -245,7 +230,7 @@ def cmd_sample(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.inference.trainer import resolve_device
     from ppgen.plots import sample_grid
 
-    model, _ = _load_run(args.run)
+    model, _ = _load_run(args.run, args.trust_code)
     context = _sample_labels(model, args.labels, args.n)
     ctx = distributed.init(resolve_device(args.device))
     model.to(ctx.device).eval()
@@ -289,8 +274,8 @@ def _sample_labels(model: AbstractGenerativeModel, labels: str | None, n: int) -
 def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.inference import analysis
 
-    a, config_a = _load_run(args.run_a)
-    b, _ = _load_run(args.run_b)
+    a, config_a = _load_run(args.run_a, args.trust_code)
+    b, _ = _load_run(args.run_b, args.trust_code)
     name = args.data or config_a.get("data")
     if name is None:
         raise ValueError("pass --data")
@@ -311,7 +296,7 @@ def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ppgen.inference import posterior
 
-    model, run_config = _load_run(args.run)
+    model, run_config = _load_run(args.run, args.trust_code)
     name = args.data or run_config.get("data")
     if name is None:
         raise ValueError("pass --data")
@@ -338,9 +323,30 @@ def cmd_benchmark(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A sub-command's parser: no abbreviated flags."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
+def _nearest_flag(flag: str, parser: argparse.ArgumentParser) -> str:
+    """`` (did you mean --steps?)`` for an unknown ``flag``, or nothing."""
+    import difflib
+
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ppgen", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="ppgen", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    # allow_abbrev=False for every sub-command too: a prefix such as --step must never be taken
+    # for --steps (an unknown flag is an error that names the nearest known one)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("list", help="families and datasets").set_defaults(fn=cmd_list)
 
@@ -397,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the results as JSON here")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
+    e.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the user code (module:Class or builder) the run directory names; this runs "
+        "that code: only for runs you trust",
+    )
     e.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
@@ -410,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the user code (module:Class or builder) the run directory names; this runs "
+        "that code: only for runs you trust",
+    )
     s.set_defaults(fn=cmd_sample)
 
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
@@ -424,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare an exact likelihood with a bound or an estimate (labelled in the output)",
     )
     c.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    c.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the user code (module:Class or builder) the run directory names; this runs "
+        "that code: only for runs you trust",
+    )
     c.set_defaults(fn=cmd_compare)
 
     i = sub.add_parser("inspect", help="posteriors and latents of a latent-variable run")
@@ -434,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--num-points", type=int, default=4)
     i.add_argument("--method", default="nuts", choices=["nuts", "guide"])
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the user code (module:Class or builder) the run directory names; this runs "
+        "that code: only for runs you trust",
+    )
     i.set_defaults(fn=cmd_inspect)
 
     b = sub.add_parser("benchmark", help="every family side by side on the same data")
@@ -452,8 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ppgen`` console script and ``python -m ppgen``."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "fit":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    # fit takes --model.X / --objective.X overrides beside its flags; anything else is unknown
+    unknown = extra if args.command != "fit" else _not_overrides(extra)
+    if unknown:
+        command.error(f"unrecognized argument {unknown[0]}{_nearest_flag(unknown[0], command)}")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     try:
         return int(args.fn(args, extra) or 0)

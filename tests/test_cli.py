@@ -260,10 +260,15 @@ def test_fit_a_users_model_by_import_path(tmp_path, target, options, kind):
     assert "run directory" in fitted
     config = json.loads((out_dir / "config.json").read_text())
     assert config["builder"] == f"userpkg.models:{target}"
-    ev = run("evaluate", out_dir, "--split", "val", "--json", tmp_path / "ev.json")
+    # the run names user code: reading it imports that code only with --trust-code
+    refused = subprocess.run([sys.executable, "-m", "ppgen", "evaluate", str(out_dir)], env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--trust-code" in refused.stderr, refused.stderr
+    ev = run("evaluate", out_dir, "--split", "val", "--json", tmp_path / "ev.json",
+             "--trust-code")
     result = json.loads((tmp_path / "ev.json").read_text())
     assert result["likelihood"]["kind"] == kind, ev
-    run("sample", out_dir, "-n", "5", "-o", tmp_path / "s.npy")
+    run("sample", out_dir, "-n", "5", "-o", tmp_path / "s.npy", "--trust-code")
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (5, 3) and np.isfinite(samples).all()
 def test_fit_scaling_flags_and_seeded_initial_weights(tmp_path, capsys):
