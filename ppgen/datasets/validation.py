@@ -1,7 +1,9 @@
-"""Checks of data at the edge: shape, dtype, finiteness, support.
+"""Checks of data at the edge: type, shape, dtype, finiteness, support, and (for continuous
+training data) degenerate columns.
 
-Every failure raises :class:`DataError` (a ``ValueError``) naming the problem and the fix, before
-any work is done.
+Every failure raises :class:`DataError` (a ``ValueError``; :class:`DataTypeError`, also a
+``TypeError``, for an argument of the wrong type) naming the problem and the fix, before any
+work is done.
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ def check_continuous_columns(x: Tensor, *, what: str = "data") -> Tensor:
     raise DataError(
         f"{what} is continuous but {' and '.join(parts)}: a continuous density of such data is "
         "degenerate (its likelihood is unbounded); drop those columns (0-based indices), or "
-        "treat the data as discrete (kind='discrete', levels=L)"
+        "treat the data as discrete (kind='discrete', levels=L; from the command line "
+        "FILE#kind=discrete,levels=L)"
     )
 
 
@@ -215,12 +218,15 @@ def _near_duplicates(flat: Tensor) -> list[tuple[int, int, float]]:
     candidates = torch.triu(corr > 1 - _SCREEN_TOLERANCE, diagonal=1).nonzero().tolist()
     if not candidates:
         return []
-    full = _standardized(flat) if len(rows) < n else screen
     found: dict[int, tuple[int, float]] = {}
     for i, j in candidates:  # i < j, in order: each column is matched to its first original
         if j in found or i in found:
             continue
-        c = float((full[:, i] @ full[:, j]).abs())
+        if len(rows) < n:  # measured on every row, two columns at a time (memory O(N))
+            pair = _standardized(flat[:, [i, j]])
+            c = float((pair[:, 0] @ pair[:, 1]).abs())
+        else:
+            c = float(corr[i, j])
         if c > 1 - COLLINEAR_TOLERANCE:
             found[j] = (i, c)
     return [(j, i, c) for j, (i, c) in sorted(found.items())]
