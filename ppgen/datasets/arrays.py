@@ -38,7 +38,9 @@ least 10 points are needed).
   spreadsheet shows them). The first non-blank row is a header, and skipped, when none of its
   non-empty cells reads as a number or a missing/infinite marker (so pandas' ``to_csv`` header
   ``,a,b`` is one); it must have as many columns as the data. If every cell is an integer
-  literal (within int64) the array is integer (the rules above apply), else float.
+  literal (within int64) the array is integer (the rules above apply), else float. Blank
+  rows, and rows whose cells are all empty (``,,``, as spreadsheets export trailing rows), are
+  skipped.
 
 Options may ride on the path after ``#`` (so they work from the command line too):
 ``ppgen fit made --data "pixels.npy#kind=discrete,levels=256"``.
