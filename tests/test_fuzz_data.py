@@ -200,7 +200,8 @@ _cells = st.one_of(
     st.integers(-300, 300).map(str),
     st.floats().map(repr),
     st.sampled_from(["nan", "inf", "-inf", "1e999", "", " ", "1_000", "0x1F", "٣", "1,5", '"2"',
-                     "99999999999999999999999", "NaN", "x", "\x00", "é"]),
+                     "99999999999999999999999", "NaN", "x", "\x00", "é", "\ufeff1", "NA",
+                     "Infinity", "\u00a01", "1" * 5000, "+.5"]),
     st.text(max_size=4),
 )
 
@@ -212,7 +213,7 @@ def csv_files(draw):
     rows = draw(st.lists(st.lists(_cells, min_size=1, max_size=4), max_size=12))
     sep = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     text = sep.join(",".join(r) for r in rows)
-    encoding = draw(st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]))  # -sig: BOM
     return ".csv", _mutate(text.encode(encoding, "replace"), *draw(_mutations))
 
 
@@ -278,6 +279,8 @@ def idx_files(draw):
     blob = header + payload
     if draw(st.booleans()):
         blob = gzip.compress(blob)
+        # a decompression bomb: members of zeros the header does not declare (issue 18)
+        blob += gzip.compress(bytes(1 << 16)) * draw(st.sampled_from([0, 0, 0, 1, 64]))
     name = draw(st.sampled_from(["train-images-idx3-ubyte", "images.idx3", "x-ubyte.gz"]))
     return name, _mutate(blob, *draw(_mutations))
 

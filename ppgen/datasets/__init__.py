@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "DataError",
     "DataTransform",
+    "DataTypeError",
     "Dataset",
     "dequantize",
     "from_array",
@@ -34,7 +35,7 @@ from ppgen.datasets.digits import load_digits
 from ppgen.datasets.images import from_idx, from_images, is_idx_path, load_image_source
 from ppgen.datasets.toy import TOY_DATASETS, load_toy, mixture_modes, sample_toy
 from ppgen.datasets.transforms import DataTransform, dequantize, logit_transform, quantize
-from ppgen.datasets.validation import DataError
+from ppgen.datasets.validation import DataError, DataTypeError
 
 
 def names() -> list[str]:

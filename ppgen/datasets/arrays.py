@@ -28,9 +28,19 @@ least 10 points are needed).
 - ``.npz``: the data array is the one named by ``key=`` if given, else the only array in the
   file, else the array named ``"x"``, else ``"data"``; integer class labels are read from
   ``"labels"`` or ``"y"`` when present (shape ``(N,)``).
-- ``.csv``: comma-separated numbers, one point per row, UTF-8; a first row holding any
-  non-numeric cells only is a header and skipped. If every cell is an integer literal the array is
-  integer (the rules above apply), else float.
+- ``.csv``: comma-separated numbers, one point per row, UTF-8 (a leading byte-order mark, as
+  spreadsheets write "CSV UTF-8", is dropped). Numbers are read as ``numpy.loadtxt`` and
+  ``pandas.read_csv`` read them: ASCII decimal or scientific notation (``1``, ``-2.5``,
+  ``.5``, ``1e-3``) with ASCII spaces around them ignored; ``1_0``, ``0x1F``, ``1,5``,
+  Unicode digits or spaces are not numbers (Python's ``float()`` takes some of them). Empty
+  cells, pandas' missing-value markers (``NA``, ``null``...), ``nan`` and ``inf`` are missing
+  or infinite values and refused like any non-number, naming the row and column (1-based, as a
+  spreadsheet shows them). The first non-blank row is a header, and skipped, when none of its
+  non-empty cells reads as a number or a missing/infinite marker (so pandas' ``to_csv`` header
+  ``,a,b`` is one); it must have as many columns as the data. If every cell is an integer
+  literal (within int64) the array is integer (the rules above apply), else float. Blank
+  rows, and rows whose cells are all empty (``,,``, as spreadsheets export trailing rows), are
+  skipped.
 
 Options may ride on the path after ``#`` (so they work from the command line too):
 ``ppgen fit made --data "pixels.npy#kind=discrete,levels=256"``.
@@ -58,6 +68,7 @@ __all__ = [
 
 import csv
 import io
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -71,7 +82,6 @@ from ppgen.datasets.validation import DataError
 FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _MAX_INFERRED_LEVEL = 255
 _MAX_LEVELS = 2**24  # integers above this are not exact in float32
-_INT_LITERAL = re.compile(r"^[+-]?\d+$")
 
 
 def infer_kind(
@@ -386,47 +396,105 @@ def _read_npz(file: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def _read_csv(file: Path) -> np.ndarray:
-    try:
-        text = file.read_bytes().decode("utf-8")
+    blob = file.read_bytes()
+    if blob.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(
+            f"{file}: UTF-16 text (a spreadsheet's 'Unicode text'); save it as 'CSV UTF-8'"
+        )
+    try:  # utf-8-sig: the byte-order mark of a spreadsheet's "CSV UTF-8" is not data
+        text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(
             f"{file}: not UTF-8 text ({e}); a .csv file must hold comma-separated numbers"
         ) from None
     try:  # newline="": the csv module itself reads \n, \r\n and \r line ends
-        rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text, newline=""))]
+        records = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as e:  # NUL bytes, a field over the size limit...
         raise DataError(
             f"{file}: not readable as CSV ({e}); a .csv file holds comma-separated numbers"
         ) from None
-    rows = [r for r in rows if any(r)]  # blank lines
-    if rows and not any(_is_number(c) for c in rows[0]):
-        rows = rows[1:]  # a header: no cell of the first row is a number
+    # (row number in the file, 1-based as a spreadsheet shows it; its cells), blank rows dropped
+    rows = [
+        (i + 1, [c.strip(_ASCII_SPACE) for c in r])
+        for i, r in enumerate(records)
+        if any(c.strip(_ASCII_SPACE) for c in r)
+    ]
+    header = None
+    if rows and not any(_cell(c)[0] != "text" for c in rows[0][1] if c):
+        header, rows = rows[0], rows[1:]  # a header: no non-empty cell of the first row parses
     if not rows:
         raise DataError(f"{file}: no data rows; a .csv file holds one point per row")
-    width = len(rows[0])
-    for i, row in enumerate(rows):
+    width = len(rows[0][1])
+    if header is not None and len(header[1]) != width:
+        raise DataError(
+            f"{file}: the header (row {header[0]}) has {len(header[1])} columns but row "
+            f"{rows[0][0]} has {width}; every row needs the same number of values"
+        )
+    values = []
+    all_int = True
+    for number, row in rows:
         if len(row) != width:
             raise DataError(
-                f"{file}: row {i + 1} of the data has {len(row)} columns, the first has {width}; "
+                f"{file}: row {number} has {len(row)} columns, row {rows[0][0]} has {width}; "
                 "every row needs the same number of values"
             )
-        for c in row:
-            if not _is_number(c):
+        parsed = []
+        for col, c in enumerate(row, 1):
+            kind, value = _cell(c)
+            if kind != "number":
+                where = f"{file}: row {number}, column {col}"
+                if kind == "text":
+                    hint = (
+                        " (and the row is no header: other cells of it are numbers)"
+                        if number == rows[0][0] and header is None else ""
+                    )
+                    raise DataError(
+                        f"{where} holds {c!r}, not a number{hint}; fix or remove it (numbers "
+                        "are read as numpy and pandas read them: no '_', no ',' decimal mark)"
+                    )
+                what = "is empty" if not c else f"holds {c!r}"
                 raise DataError(
-                    f"{file}: data row {i + 1} holds {c!r}, not a number; fill in or remove it"
+                    f"{where} {what}: {'an' if kind == 'infinite' else 'a'} {kind} (non-finite) "
+                    "value, not a number that can be "
+                    "scored; fill it in or remove the row"
                 )
-    cells = [c for row in rows for c in row]
-    if all(_INT_LITERAL.match(c) for c in cells):
+            all_int = all_int and isinstance(value, int)
+            parsed.append(value)
+        values.append(parsed)
+    if all_int:
         try:
-            return np.array(rows, dtype=np.int64)
+            return np.array(values, dtype=np.int64)
         except OverflowError:
-            pass  # integers beyond int64: read as floats
-    return np.array(rows, dtype=np.float64)
+            pass  # integers beyond int64: read as floats, as numpy.loadtxt(dtype=float) does
+    return np.array(values, dtype=np.float64)
 
 
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+# Numbers as numpy.loadtxt and pandas.read_csv read them: ASCII digits in decimal or scientific
+# notation, no underscores (Python's float() accepts "1_0" as 10), no Unicode digits or spaces
+# (float() accepts "٣" and "\u2003 1"), no hex; ASCII spaces around a cell are ignored.
+_ASCII_SPACE = " \t\n\r\f\v"
+_INT_CELL = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT_CELL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_INF_CELL = re.compile(r"[+-]?inf(inity)?", re.ASCII | re.IGNORECASE)
+# pandas' default missing-value markers, and "nan" in any case as numpy reads it
+_NA_CELLS = frozenset({
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "None", "n/a", "null",
+})
+_NAN_CELL = re.compile(r"[+-]?nan", re.ASCII | re.IGNORECASE)
+
+
+def _cell(c: str) -> tuple[str, int | float | None]:
+    """Classify one stripped CSV cell: ``("number", value)`` for a finite number (an ``int``
+    for an integer literal), ``("missing", None)``, ``("infinite", None)`` (including
+    finite-looking literals beyond the float64 range, ``1e999``), or ``("text", None)``."""
+    if _INT_CELL.fullmatch(c) and len(c) < 20:  # longer ones are beyond int64: floats
+        return "number", int(c)
+    if _FLOAT_CELL.fullmatch(c):
+        value = float(c)
+        return ("number", value) if math.isfinite(value) else ("infinite", None)
+    if not c or c in _NA_CELLS or _NAN_CELL.fullmatch(c):
+        return "missing", None
+    if _INF_CELL.fullmatch(c):
+        return "infinite", None
+    return "text", None

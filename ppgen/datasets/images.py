@@ -29,7 +29,7 @@ import re
 import warnings
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -199,42 +199,102 @@ def _dataset(
     return Dataset(name, data, "discrete", 256, labels=labels)
 
 
+# deflate (gzip's compression) inflates at most 1032-fold (a 258-byte match in 2 bits)
+_MAX_DEFLATE_RATIO = 1032
+_CHUNK = 1 << 20
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzip-compressed) into an unsigned-byte array."""
+    """Parse one IDX file (optionally gzip-compressed) into an unsigned-byte array.
+
+    The header is read first and fixes how many bytes may follow: a gzip stream is inflated
+    only up to that size plus one byte, so a compressed file that inflates beyond its header
+    (a decompression bomb) is refused after reading no more than the header promises, and a
+    header that promises more than the compressed file could hold is refused before inflating.
+    """
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass the path of an IDX file")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
         try:
-            raw = gzip.decompress(raw)
+            return _parse_idx(path, stream, size, compressed)
         except (OSError, EOFError, zlib.error) as e:
+            if not compressed:
+                raise
             raise DataError(
                 f"{path}: a damaged gzip file ({e}); download or decompress it again"
             ) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        magic = raw[:4].hex() or "(empty)"
+        finally:
+            stream.close()
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    return data if data is not None else b""
+
+
+def _parse_idx(path: Path, stream: BinaryIO, size: int, compressed: bool) -> np.ndarray:
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES or (
+        magic[3] == 0
+    ):
+        shown = magic.hex() or "(empty)"
         raise DataError(
-            f"{path}: not an IDX file: magic number {magic}, expected 0000 then a type code "
+            f"{path}: not an IDX file: magic number {shown}, expected 0000 then a type code "
             "(08 for unsigned bytes) and the number of dims (0x00000803 for MNIST images, "
             "0x00000801 for labels)"
         )
-    if raw[2] != 0x08:
+    if magic[2] != 0x08:
         raise DataError(
-            f"{path}: holds {_IDX_TYPES[raw[2]]} values; ppgen reads unsigned-byte IDX files "
+            f"{path}: holds {_IDX_TYPES[magic[2]]} values; ppgen reads unsigned-byte IDX files "
             "(type 0x08), as MNIST's are"
         )
-    ndim = raw[3]
+    ndim = magic[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header ({len(raw)} bytes for {ndim} dims)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    raw_dims = _read_exactly(stream, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated header ({4 + len(raw_dims)} bytes for {ndim} dims)")
+    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     expected = math.prod(dims)
-    if len(raw) - header != expected:
+    if not compressed and size - header != expected:
         raise DataError(
             f"{path}: the header promises dims {dims} = {expected} bytes of data but the file "
-            f"holds {len(raw) - header}; the file is truncated or damaged"
+            f"holds {size - header}; the file is truncated or damaged"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if compressed and header + expected > _MAX_DEFLATE_RATIO * size + 1024:
+        raise DataError(
+            f"{path}: the header promises dims {dims} = {expected} bytes of data, more than a "
+            f"gzip file of {size} bytes can hold; the file is truncated or damaged"
+        )
+    try:
+        out = np.empty(expected, dtype=np.uint8)
+    except MemoryError:
+        raise DataError(
+            f"{path}: its dims {dims} need {expected / 2**30:.1f} GiB of memory, more than is "
+            "free; use a smaller file"
+        ) from None
+    view, got = memoryview(out), 0
+    while got < expected:  # bounded reads: never more than the header promises
+        chunk = _read_exactly(stream, min(_CHUNK, expected - got))
+        if not chunk:
+            break
+        view[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    if got < expected:
+        raise DataError(
+            f"{path}: the header promises dims {dims} = {expected} bytes of data but the file "
+            f"holds {got}; the file is truncated or damaged"
+        )
+    if compressed and _read_exactly(stream, 1):
+        raise DataError(
+            f"{path}: inflates beyond the {header + expected} bytes its header declares (dims "
+            f"{dims}); the file is truncated or damaged, or a decompression bomb: refused "
+            "without inflating the rest"
+        )
+    return out.reshape(dims)
 
 
 def from_idx(
@@ -298,7 +358,13 @@ def from_idx(
                 f"of {path}; pass the matching labels file"
             )
         y = torch.from_numpy(raw_labels.astype(np.int64))
-    data = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)  # (N, 1, H, W)
+    try:
+        data = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)  # (N, 1, H, W)
+    except MemoryError:
+        raise DataError(
+            f"{path}: its {images.size} pixels need {4 * images.size / 2**30:.1f} GiB of memory "
+            "as float32, more than is free; use a smaller file"
+        ) from None
     return _dataset(name or str(path), data, y, binarize)
 
 

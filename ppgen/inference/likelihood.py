@@ -54,6 +54,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from ppgen.datasets.base import Dataset
+from ppgen.datasets.validation import as_batch
 from ppgen.models.base import AbstractGenerativeModel
 
 Kind = Literal["exact", "lower_bound", "estimate"]
@@ -360,12 +361,9 @@ def evaluate(
     Returns:
         An :class:`Evaluation` with per-example values, kind, estimator and units.
     """
-    if isinstance(data, Dataset):
-        x = data.data
-        if model.conditional and context is None:
-            context = data.labels
-    else:
-        x = data
+    x, labels = as_batch(data, what="ppgen.evaluate's data=")
+    if model.conditional and context is None:
+        context = labels
     model._check_x(x)
     if model.conditional and context is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass context (labels)")

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ppgen import checkpoint as ckpt
 from ppgen.datasets.base import Dataset
-from ppgen.datasets.validation import DataError, check_batch
+from ppgen.datasets.validation import DataError, as_batch, check_batch, check_continuous_columns
 from ppgen.inference import distributed as dist_utils
 from ppgen.inference.objectives import AbstractObjective, make_objective
 from ppgen.models.base import AbstractGenerativeModel
@@ -301,20 +301,17 @@ def _run_lock(out: Path) -> Iterator[None]:
 
 
 def _as_tensors(
-    data: Dataset | Tensor, model: AbstractGenerativeModel, what: str
+    data: Dataset | Tensor, model: AbstractGenerativeModel, what: str, arg: str = "data"
 ) -> tuple[Tensor, Tensor | None]:
-    if isinstance(data, Dataset):
-        x, labels = data.data, data.labels
-    elif torch.is_tensor(data):
-        x, labels = data, None
-    else:
-        raise DataError(f"{what} must be a ppgen Dataset or a tensor, got {type(data).__name__}")
+    x, labels = as_batch(data, what=f"ppgen.fit's {arg}= ({what})")
     cfg = model.config
     check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
     if x.is_floating_point() and not torch.isfinite(x.to(_dtype(model))).all():
         raise DataError(
             f"{what} holds values beyond the range of the model's {_dtype(model)}; rescale them"
         )
+    if arg == "data" and cfg.kind == "continuous" and model.likelihood != "none":
+        check_continuous_columns(x, what=what)  # training data only: a val split may vary less
     if model.conditional and labels is None:
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
     return x, (labels if model.conditional else None)
@@ -426,7 +423,8 @@ def fit(
     if not isinstance(accumulate, int) or accumulate < 1:
         raise FitError(f"accumulate must be a positive integer, got {accumulate!r}")
     x_train, c_train = _as_tensors(data, model, "training data")
-    x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data")
+    x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data",
+                                                                  "val")
     eval_every = eval_every or max(steps // 20, 1)
     diagnostics_every = diagnostics_every or log_every
     checkpoint_every = checkpoint_every or eval_every

@@ -362,3 +362,137 @@ def test_batch_check_accepts_finite_values_whose_sum_overflows():
     big = torch.full((4, 3), 3e38)
     assert not torch.isfinite(big.sum())
     assert check_batch(big, (3,), "continuous", None) is big
+
+
+# ---- CSV as the data-science stack reads it (issue 18) -----------------------------------------
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """Spreadsheets' "CSV UTF-8" starts with a byte-order mark: it is not data, and neither
+    the first row nor the levels change because of it (headed or not)."""
+    rows = np.array([[7, 2], [3, 4], [1, 0]])
+    text = "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+    for name, content in [("plain", text), ("headed", "a,b\n" + text)]:
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+        ds = ppgen.datasets.load(path, "all")
+        assert ds.data.tolist() == rows.tolist(), name
+        assert (ds.kind, ds.levels) == ("discrete", 8), name
+    path = tmp_path / "wide.csv"
+    path.write_text("1,2\n3,4\n", encoding="utf-16")
+    with pytest.raises(DataError, match="UTF-16.*CSV UTF-8"):
+        ppgen.datasets.load(path, "all")
+
+
+@pytest.mark.parametrize(
+    ("cell", "row", "column", "match"),
+    [
+        ("1_0", 3, 2, "not a number"),  # float() reads 10; numpy and pandas do not
+        ("٣", 3, 2, "not a number"),  # a Unicode digit
+        ("\u00a02", 3, 2, "not a number"),  # a no-break space
+        ("0x1F", 3, 2, "not a number"),
+        ("1d5", 3, 2, "not a number"),
+        ("", 3, 2, "is empty: a missing"),
+        ("NA", 3, 2, "'NA': a missing"),
+        ("-NaN", 3, 2, "'-NaN': a missing"),
+        ("null", 3, 2, "a missing"),
+        ("Infinity", 3, 2, "an infinite"),
+        ("1e999", 3, 2, "an infinite"),
+    ],
+)
+def test_csv_cells_that_are_not_numbers_name_their_row_and_column(
+    tmp_path, cell, row, column, match
+):
+    path = tmp_path / "cells.csv"
+    path.write_text(f"a,b\n1,2\n3,{cell}\n5,6\n", encoding="utf-8")
+    with pytest.raises(DataError, match=match) as err:
+        ppgen.datasets.load(path, "all")
+    message = str(err.value)
+    assert f"{path}: row {row}, column {column}" in message and "\n" not in message
+
+
+def test_csv_numbers_and_headers_as_pandas_reads_them(tmp_path):
+    """What numpy and pandas accept is accepted with their value; a header is a first row with
+    no number in it (pandas' to_csv writes an empty first name); blank rows are skipped."""
+    cases = [
+        (" 1 ,\t2\n", [[1, 2]]),
+        ("+1,-0\n1.,.5\n1e5,-2.5E-1\n", [[1, 0], [1, 0.5], [1e5, -0.25]]),
+        (",a,b\n0,1.5,2\n1,3,4\n", [[0, 1.5, 2], [1, 3, 4]]),
+        ("x,y\n\n1,2\n,\n3,4\n\n", [[1, 2], [3, 4]]),
+        ('"1","2"\n', [[1, 2]]),
+        ("00012,1\n", [[12, 1]]),
+    ]
+    for text, expected in cases:
+        path = tmp_path / "ok.csv"
+        path.write_text(text)
+        ds = ppgen.datasets.load(path, "all", kind="continuous")
+        assert ds.data.tolist() == expected, text
+    for text, match in [
+        ("a,b,c\n1,2\n", r"header \(row 1\) has 3 columns but row 2 has 2"),
+        ("a,1\n1,2\n", "row 1, column 1 holds 'a', not a number"),
+        ("1,2\n3\n", "row 2 has 1 columns"),
+    ]:
+        path = tmp_path / "bad.csv"
+        path.write_text(text)
+        with pytest.raises(DataError, match=match):
+            ppgen.datasets.load(path, "all")
+
+
+_CSV_TOKENS = [
+    "1", "-3", "+7", "0", "-0", "00012", "1.", ".5", "-.5", "+.5", "1e5", "1E+05", "2.5e-3",
+    "1e0001", "1e999", "1e-999", "1e300", "99999999999999999999999", "9223372036854775808",
+    " 4", "4 ", "\t4", "", " ", "nan", "NaN", "-nan", "+nan", "NAN", "NA", "null", "None",
+    "#N/A", "inf", "-Infinity", "INF", "+inf", "infinity", "1_0", "1__0", "0x1F", "1d5", "e5",
+    "1.5e", ".", "-", "+-1", "1.2.3", "٣", "１", "\u00a01", "\u20031", "x", "0.1f",
+]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cells=st.integers(1, 3).flatmap(
+        lambda w: st.lists(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(_CSV_TOKENS),
+                    st.integers(-(2**40), 2**40).map(str),
+                    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                ),
+                min_size=w, max_size=w,
+            ).filter(lambda r: any(c.strip() for c in r)),
+            min_size=1, max_size=6,
+        )
+    ),
+    bom=st.booleans(),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_csv_accepts_exactly_what_pandas_reads_as_finite_numbers(tmp_path, cells, bom, newline):
+    """Against pandas.read_csv on the same file: ppgen loads it iff pandas reads every column
+    as numbers (not strings or booleans) with no NaN or inf, and then with the same values
+    (pandas' round-trip parser; both in float32 after); float32 overflow is ppgen's own rule."""
+    pd = pytest.importorskip("pandas")
+    width = len(cells[0])
+    text = newline.join([",".join(f"c{i}" for i in range(width)), *map(",".join, cells)])
+    path = tmp_path / "cells.csv"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + (text + newline).encode())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = pd.read_csv(path, float_precision="round_trip")
+    numeric = all(
+        pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
+        for t in frame.dtypes
+    )
+    values = frame.to_numpy(np.float64) if numeric else None
+    finite = numeric and bool(np.isfinite(values).all())
+    in_range = finite and bool((np.abs(values) <= np.finfo(np.float32).max).all())
+    try:
+        ds = ppgen.datasets.load(path, "all", kind="continuous")
+    except DataError as e:
+        assert not in_range, f"refused what pandas reads: {e}"
+        assert str(path) in str(e)
+    else:
+        assert in_range, f"pandas reads {frame.dtypes.tolist()}, {values}"
+        assert torch.equal(ds.data, torch.from_numpy(values.astype(np.float32))), text

@@ -207,3 +207,110 @@ def test_rgb_folder_feeds_a_gated_pixelcnn_with_a_logistic_mixture(tmp_path):
     assert ev.kind == "exact" and ev.per_example.shape == (4,)
     x = m.sample(2, seed=0)
     assert x.shape == (2, 3, 4, 4) and x.min() >= 0 and x.max() <= 255
+
+
+# ---- compressed IDX files that inflate beyond their header (issue 18) -------------------------
+
+_MEMBER = gzip.compress(bytes(1 << 20), 9)  # 1 MiB of zeros in about 1 KiB
+
+
+def _bomb(declared: np.ndarray, extra_mib: int, extra_bytes: int = 0) -> bytes:
+    """A valid multi-member gzip stream: the IDX file ``declared`` (its header and payload),
+    then ``extra_mib`` MiB and ``extra_bytes`` bytes of zeros its header does not declare."""
+    tail = gzip.compress(bytes(extra_bytes)) if extra_bytes else b""
+    return gzip.compress(_idx_bytes(declared)) + _MEMBER * extra_mib + tail
+
+
+def test_an_idx_bomb_is_refused_under_a_memory_cap(tmp_path):
+    """A 2 MiB gzip file whose header declares 8 bytes but which inflates to 2 GiB, read in a
+    subprocess whose address space is capped at 512 MiB above what it holds after importing
+    (so a reader that inflated it all would fail there, not take the machine down)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(_bomb(np.zeros((2, 2, 2), np.uint8), 2048))
+    assert path.stat().st_size < 3 * 2**20
+    header_only = tmp_path / "huge-header-idx3-ubyte.gz"  # promises 2^93 bytes in 40
+    header_only.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + b"\x80\x00\x00\x00" * 3))
+    child = textwrap.dedent(
+        """
+        import resource, sys
+        import ppgen
+        from ppgen.datasets import DataError, from_idx
+        status = open("/proc/self/status").read().split("\\n")
+        held = int(next(s for s in status if s.startswith("VmSize")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (held + 512 * 2**20, resource.RLIM_INFINITY))
+        for path in sys.argv[1:]:
+            try:
+                from_idx(path)
+            except DataError as e:
+                print("refused:", e)
+            else:
+                print("accepted")
+        """
+    )
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(ppgen.__file__).parent.parent)}  # this ppgen
+    run = subprocess.run(
+        [sys.executable, "-c", child, str(path), str(header_only)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2, run.stdout
+    assert lines[0].startswith(f"refused: {path}: inflates beyond the 24 bytes its header"), lines
+    assert lines[1].startswith(f"refused: {header_only}: the header promises"), lines
+    assert "more than a gzip file of" in lines[1]
+
+
+def _peak_bytes(call) -> tuple[object, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            result = call()
+        except DataError as e:
+            result = e
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_moderate_idx_bomb_is_refused_without_inflating_it(tmp_path):
+    """In this process: 64 MiB of undeclared data is refused while Python allocates under
+    1 MiB (tracemalloc sees the inflated buffers: reading it all would peak above 64 MiB)."""
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(_bomb(_gray(0, (3, 4, 5)), 64))
+    error, peak = _peak_bytes(lambda: from_idx(path))
+    assert isinstance(error, DataError) and "inflates beyond the 76 bytes" in str(error)
+    assert str(path) in str(error) and "\n" not in str(error)
+    assert peak < 2**20, peak
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6)),
+    extra_mib=st.integers(0, 6),
+    extra_bytes=st.sampled_from([0, 0, 1, 2, 1000, 123_457]),
+    seed=st.integers(0, 2**16),
+)
+def test_gzip_idx_loads_exactly_when_it_inflates_to_its_header(
+    tmp_path_factory, shape, extra_mib, extra_bytes, seed
+):
+    """Any undeclared inflated data (one byte to 6 MiB, in one or many gzip members) is
+    refused, and memory stays bounded by the declared size, not the inflated one; a file that
+    inflates to exactly its header's size loads bit for bit."""
+    images = _gray(seed, shape)
+    path = tmp_path_factory.mktemp("bomb") / "x-idx3-ubyte.gz"
+    path.write_bytes(_bomb(images, extra_mib, extra_bytes))
+    result, peak = _peak_bytes(lambda: from_idx(path))
+    if extra_mib == 0 and extra_bytes == 0:
+        assert torch.equal(result.data, torch.from_numpy(images).float().unsqueeze(1))
+    else:
+        assert isinstance(result, DataError) and "inflates beyond" in str(result), result
+        assert peak < 2**20 + 40 * images.size, peak
