@@ -409,6 +409,17 @@ def test_metrics_table_and_its_text(tmp_path, monkeypatch):
         metrics.metrics_table(m, test, metrics="fid,sharpness")
 
 
+def test_metrics_table_of_a_bare_tensor_is_json_ready():
+    import json
+
+    for name in ("moons", "digits"):
+        test = ppgen.datasets.load(name, "test").subset(60)
+        m = ppgen.build("independent", test)
+        table = metrics.metrics_table(m, test.data, metrics="mmd,fd", num_permutations=0)
+        assert (table["data"], table["split"]) == ("tensor", None), name
+        assert json.loads(json.dumps(table)) == table, name  # plain data throughout
+
+
 def test_metrics_refuse_bad_input():
     x = torch.randn(20, 2)
     with pytest.raises(ValueError, match="non-finite"):

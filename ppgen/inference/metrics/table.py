@@ -107,8 +107,8 @@ def metrics_table(
     if feats is None:
         feats = data.feature_space if isinstance(data, Dataset) else "auto"
     table: dict[str, Any] = {
-        "data": getattr(data, "name", "tensor"),
-        "split": getattr(data, "split", None),
+        "data": data.name if isinstance(data, Dataset) else "tensor",
+        "split": data.split if isinstance(data, Dataset) else None,  # (Tensor.split is a method)
         "num_samples": n,
         "seed": seed,
         "features": feats if isinstance(feats, str) else getattr(feats, "__name__", "custom"),
