@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Dataset", "SPLITS"]
+__all__ = ["Dataset", "SPLITS", "default_feature_space"]
 
 import dataclasses
 import math
@@ -14,6 +14,32 @@ from torch import Tensor
 from ppgen.datasets.validation import DataError, check_batch
 
 SPLITS = ("train", "val", "test")
+
+FeatureSpace = str | Callable[[Tensor], Tensor]
+
+
+def default_feature_space(
+    event_shape: tuple[int, ...], kind: str, levels: int | None
+) -> FeatureSpace:
+    """The feature space a dataset declares when its loader names none.
+
+    Data shaped like the 8x8 digits (``(1, 8, 8)`` or ``(8, 8)``) that are binary, or discrete
+    with the digits' 17 levels, are compared in the fixed digits classifier's features
+    (``"digits-binary"`` / ``"digits"``), so a user's export of the digits is scored as the
+    embedded set is; any other data in its raw points (``"raw"``).
+
+    Example:
+        >>> default_feature_space((8, 8), "discrete", 17)
+        'digits'
+        >>> default_feature_space((2,), "continuous", None)
+        'raw'
+    """
+    if tuple(event_shape) in ((1, 8, 8), (8, 8)):
+        if kind == "binary":
+            return "digits-binary"
+        if kind == "discrete" and levels == 17:
+            return "digits"
+    return "raw"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -29,6 +55,12 @@ class Dataset:
         labels: optional ``LongTensor[N]`` of class labels (digits), used for context and plots.
         true_log_prob: ``x -> Tensor[N]`` in nats where the data density is known, else None.
         entropy: the data density's differential entropy in nats, where known.
+        feature_space: what sample-quality metrics (Frechet distance, KID, precision/recall)
+            compare: ``"raw"`` (the flattened points), ``"digits"`` / ``"digits-binary"`` (the
+            fixed digits classifier's features) or a function ``(N, *event_shape) -> (N, F)``.
+            None (the default): :func:`default_feature_space` of the data's shape and kind.
+        modes: ``(centers Tensor[K, D], std)`` where the data are a known isotropic Gaussian
+            mixture (the toys ``8gaussians``, ``grid25``), for mode coverage; else None.
     """
 
     name: str
@@ -39,6 +71,8 @@ class Dataset:
     labels: Tensor | None = None
     true_log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
+    feature_space: FeatureSpace | None = None
+    modes: tuple[Tensor, float] | None = None
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.data):
@@ -63,6 +97,25 @@ class Dataset:
             raise DataError(
                 f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points"
             )
+        self._declare_metrics()
+
+    def _declare_metrics(self) -> None:
+        """Resolve the default ``feature_space`` and check the declared ``modes``."""
+        if self.feature_space is None:
+            space = default_feature_space(self.event_shape, self.kind, self.levels)
+            object.__setattr__(self, "feature_space", space)
+        if self.modes is not None:
+            centers, std = self.modes
+            if (
+                not torch.is_tensor(centers)
+                or centers.dim() != 2
+                or centers.shape[1] != self.num_dims
+                or not std > 0
+            ):
+                raise DataError(
+                    f"dataset {self.name!r}: modes must be (centers of shape (K, {self.num_dims}),"
+                    f" std > 0); got centers {tuple(getattr(centers, 'shape', ()))}, std {std}"
+                )
 
     def __len__(self) -> int:
         return int(self.data.shape[0])

@@ -3,7 +3,8 @@
 1797 images of 64 pixels with integer levels 0..16, ``event_shape`` (1, 8, 8), kind
 ``"discrete"``, 17 levels. Fixed split: ``numpy.random.RandomState(0).permutation(1797)``; the
 first 1200 are train, the next 300 val, the last 297 test. ``digits-binary`` thresholds the
-same images at >= 8 (kind ``"binary"``).
+same images at >= 8 (kind ``"binary"``). Both declare their ``feature_space`` for sample-quality
+metrics: the fixed digits classifier's features (``"digits"``, ``"digits-binary"``).
 """
 
 from __future__ import annotations
@@ -36,5 +37,13 @@ def load_digits(split: str, binary: bool = False) -> Dataset:
     x = torch.from_numpy(images[part].copy()).unsqueeze(1)  # (N, 1, 8, 8)
     y = torch.from_numpy(labels[part].copy())
     if binary:
-        return Dataset("digits-binary", (x >= 8).float(), "binary", 2, split, labels=y)
-    return Dataset("digits", x, "discrete", 17, split, labels=y)
+        return Dataset(
+            "digits-binary",
+            (x >= 8).float(),
+            "binary",
+            2,
+            split,
+            labels=y,
+            feature_space="digits-binary",
+        )
+    return Dataset("digits", x, "discrete", 17, split, labels=y, feature_space="digits")

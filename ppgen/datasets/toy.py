@@ -265,7 +265,10 @@ def mixture_modes(name: str) -> tuple[Tensor, float]:
 
 
 def load_toy(name: str, split: str) -> Dataset:
-    """The split (``"train"``, ``"val"`` or ``"test"``) of toy density ``name``."""
+    """The split (``"train"``, ``"val"`` or ``"test"``) of toy density ``name``.
+
+    Its declarations for sample-quality metrics: features are the raw 2-D coordinates, and the
+    Gaussian-mixture toys carry their :func:`mixture_modes` (for mode coverage)."""
     sampler, log_prob, _ = _entry(name)
     seed = (zlib.crc32(name.encode()) % 100_000) * 10 + _SPLIT_SEEDS[split]  # stable per name
     x = sampler(SPLIT_SIZES[split], np.random.RandomState(seed))
@@ -277,4 +280,6 @@ def load_toy(name: str, split: str) -> Dataset:
         split,
         true_log_prob=log_prob,
         entropy=toy_entropy(name),
+        feature_space="raw",
+        modes=mixture_modes(name) if name in _MIXTURES else None,
     )

@@ -409,6 +409,17 @@ def test_metrics_table_and_its_text(tmp_path, monkeypatch):
         metrics.metrics_table(m, test, metrics="fid,sharpness")
 
 
+def test_metrics_table_of_a_bare_tensor_is_json_ready():
+    import json
+
+    for name in ("moons", "digits"):
+        test = ppgen.datasets.load(name, "test").subset(60)
+        m = ppgen.build("independent", test)
+        table = metrics.metrics_table(m, test.data, metrics="mmd,fd", num_permutations=0)
+        assert (table["data"], table["split"]) == ("tensor", None), name
+        assert json.loads(json.dumps(table)) == table, name  # plain data throughout
+
+
 def test_metrics_refuse_bad_input():
     x = torch.randn(20, 2)
     with pytest.raises(ValueError, match="non-finite"):
@@ -444,6 +455,160 @@ def test_metrics_table_reports_mode_coverage_for_known_mixtures(monkeypatch):
     moons = ppgen.datasets.load("moons", "test").subset(100)
     all_metrics = metrics.metrics_table(m, moons, num_permutations=0, metrics="all")
     assert "modes" not in all_metrics  # "all" leaves out what does not apply
+
+
+# ---- the registry and the data's declarations ------------------------------------------------
+
+
+@pytest.fixture
+def scratch_registry():
+    """The metric registry as it is now, restored after the test (tests register metrics)."""
+    from ppgen.inference.metrics import registry
+
+    saved = dict(registry.METRICS), dict(registry.ALIASES)
+    yield registry
+    registry.METRICS.clear()
+    registry.METRICS.update(saved[0])
+    registry.ALIASES.clear()
+    registry.ALIASES.update(saved[1])
+
+
+def test_a_metric_registered_from_one_file_joins_the_table_and_its_text(scratch_registry):
+    from ppgen.inference.metrics.registry import register_metric, statistic_rows
+
+    seen = []
+
+    @register_metric("meandist", rows=statistic_rows("mean distance", "± {} (n/a)"))
+    def meandist(inputs):
+        seen.append(inputs.features)
+        x, y = inputs.require_samples(), inputs.reference
+        gap = float((x.double().mean(0) - y.double().mean(0)).norm())
+        return metrics.MetricResult(
+            name="meandist", value=gap, stderr=0.5, num_x=len(x), num_y=len(y)
+        ).to_dict()
+
+    test = ppgen.datasets.load("moons", "test").subset(200)
+    m = ppgen.build("independent", test)
+    table = metrics.metrics_table(m, test, metrics="all", num_permutations=0)
+    assert table["meandist"]["value"] > 0 and table["meandist"]["seconds"] >= 0
+    assert list(table)[-1] == "meandist" and seen == ["raw"]  # 'all' includes it, last
+    named = metrics.metrics_table(m, test, metrics="meandist")
+    assert named["meandist"]["value"] == table["meandist"]["value"]  # same seed, same number
+    assert "mean distance" in metrics.format_table(
+        named
+    ) and "± 0.5 (n/a)" in metrics.format_table(named)
+    with pytest.raises(ValueError, match="cannot register"):
+        register_metric("all", rows=statistic_rows("x"))
+    with pytest.raises(ValueError, match="already the metric"):
+        register_metric("other", rows=statistic_rows("x"), aliases=("mmd",))
+
+
+def test_a_metric_that_needs_a_declaration_is_left_out_of_all_and_skipped_by_name(
+    scratch_registry,
+):
+    from ppgen.inference.metrics.registry import register_metric, statistic_rows
+
+    @register_metric(
+        "labelled",
+        rows=statistic_rows("labelled"),
+        aliases=("lab",),
+        applies=lambda inputs: getattr(inputs.data, "labels", None) is not None,
+        skipped="these data have no labels",
+    )
+    def labelled(inputs):
+        return {"value": 1.0}
+
+    moons = ppgen.datasets.load("moons", "test").subset(100)
+    m = ppgen.build("independent", moons)
+    assert "labelled" not in metrics.metrics_table(m, moons, metrics="all,mmd")
+    for request in ("lab", "all,labelled", ["mmd", "LAB"]):
+        table = metrics.metrics_table(m, moons, metrics=request, num_permutations=0)
+        assert table["labelled"] == {"skipped": "these data have no labels"}, request
+        assert "labelled" not in metrics.format_table(table)
+
+
+def test_the_table_reads_the_declarations_not_the_name_or_the_shape():
+    # a dataset named like a mixture toy, without declared modes: no mode coverage
+    eight = ppgen.datasets.load("8gaussians", "test").subset(300)
+    anon = ppgen.datasets.Dataset("8gaussians", eight.data, "continuous")
+    m = ppgen.build("independent", eight)
+    assert "modes" not in metrics.metrics_table(m, anon, metrics="all", num_permutations=0)
+    # user data declaring modes get mode coverage on them
+    mine = ppgen.datasets.Dataset(
+        "mine", eight.data, "continuous", modes=(EIGHT_CENTERS[:4], EIGHT_STD)
+    )
+    table = metrics.metrics_table(m, mine, metrics="modes")
+    assert table["modes"]["num_modes"] == 4
+    # 17-level 8x8 data declaring raw features are compared raw, not by the digits classifier
+    digits = ppgen.datasets.load("digits", "test")
+    raw = ppgen.datasets.Dataset("d", digits.data, "discrete", 17, feature_space="raw")
+    md = ppgen.build("independent", digits)
+    assert metrics.metrics_table(md, raw, metrics="fd")["fd"]["features"] == "raw"
+
+    # a feature function declared by the data is what FD, KID and PR compare
+    def row_means(x):
+        return x.reshape(x.shape[0], -1).mean(1, keepdim=True)
+
+    declared = ppgen.datasets.Dataset("d", digits.data, "discrete", 17, feature_space=row_means)
+    table = metrics.metrics_table(md, declared, metrics="fd,prdc,kid", num_permutations=0)
+    assert table["features"] == "row_means"
+    assert {table[k]["features"] for k in ("fd", "prdc", "kid")} == {"row_means"}
+    # the caller's features= still wins over the declaration
+    over = metrics.metrics_table(md, declared, metrics="fd", features="raw")
+    assert over["fd"]["features"] == "raw"
+
+
+def test_embedded_datasets_declare_their_feature_space_and_modes():
+    from ppgen.datasets import toy
+
+    assert ppgen.datasets.load("digits", "val").feature_space == "digits"
+    assert ppgen.datasets.load("digits-binary", "val").feature_space == "digits-binary"
+    for name in toy.TOY_DATASETS:
+        ds = ppgen.datasets.load(name, "val")
+        assert ds.feature_space == "raw", name
+        if name in ("8gaussians", "grid25"):
+            centers, std = toy.mixture_modes(name)
+            assert torch.equal(ds.modes[0], centers) and ds.modes[1] == std, name
+            assert ds.subset(10).modes is ds.modes  # subsets keep the declarations
+        else:
+            assert ds.modes is None, name
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.sampled_from([(2,), (64,), (8, 8), (1, 8, 8), (3, 8, 8), (1, 4, 4), (8, 8, 1)]),
+    kind=st.sampled_from(["continuous", "binary", "discrete"]),
+    levels=st.sampled_from([3, 16, 17, 256]),
+)
+def test_user_data_default_to_the_digits_features_only_when_shaped_like_the_digits(
+    shape, kind, levels
+):
+    lv = {"continuous": None, "binary": 2, "discrete": levels}[kind]
+    top = 1 if kind == "binary" else (lv or 5) - 1
+    x = torch.randint(0, top + 1, (6, *shape)).float()
+    ds = ppgen.datasets.from_array(x.numpy(), kind=kind, levels=lv if kind == "discrete" else None)
+    digit_shaped = shape in ((8, 8), (1, 8, 8))
+    expected = "raw"
+    if digit_shaped and kind == "binary":
+        expected = "digits-binary"
+    elif digit_shaped and kind == "discrete" and levels == 17:
+        expected = "digits"
+    assert ds.feature_space == expected and ds.modes is None
+
+
+@pytest.mark.parametrize(
+    "modes, what",
+    [
+        ((torch.zeros(3, 3), 0.1), "shape"),  # centres of another dimension
+        ((torch.zeros(3), 0.1), "shape"),  # not (K, D)
+        ((torch.zeros(3, 2), 0.0), "std"),  # a non-positive std
+        ((torch.zeros(3, 2), float("nan")), "std"),
+        (([[0.0, 0.0]], 0.1), "shape"),  # not a tensor
+    ],
+)
+def test_a_bad_modes_declaration_is_refused_when_the_dataset_is_built(modes, what):
+    with pytest.raises(ppgen.datasets.DataError, match="modes must be"):
+        ppgen.datasets.Dataset("mine", torch.zeros(5, 2), "continuous", modes=modes)
 
 
 # ---- calibration sweeps (slow: run with -m slow) --------------------------------------------

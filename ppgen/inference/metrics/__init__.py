@@ -17,11 +17,15 @@ features, settings):
 - :func:`c2st`: a classifier two-sample test (Lopez-Paz & Oquab 2017) with an exact p-value;
 - :func:`mode_coverage`: modes reached and the high-quality fraction on a known mixture;
 - :func:`metrics_table` / :func:`format_table`: all of them (and the likelihood) for
-  ``ppgen evaluate --metrics``.
+  ``ppgen evaluate --metrics``, looked up in the registry :data:`METRICS`
+  (:mod:`ppgen.inference.metrics.registry`): each metric's module registers its table entry
+  with :func:`register_metric`, and this package imports the modules below in the order the
+  table prints them. Adding a metric is one file.
 
 Features (what FD, KID and precision/recall compare) come from
-:mod:`ppgen.inference.metrics.features`: for 8x8 digits a small fixed classifier trained and
-cached by ppgen, for other data the raw points, or any function the user passes. Kernel sums
+:mod:`ppgen.inference.metrics.features`: what the data declare (``Dataset.feature_space``: for
+the 8x8 digits a small fixed classifier trained and cached by ppgen, for other data the raw
+points), or any function the user passes. Kernel sums
 are computed in row blocks, so memory stays ``O(block * N)`` and 5000 + 5000 points take
 seconds on one CPU core.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "METRICS",
     "MetricError",
+    "MetricInputs",
     "MetricResult",
     "ModeCoverage",
     "PrecisionRecall",
@@ -45,13 +50,22 @@ __all__ = [
     "mmd",
     "mode_coverage",
     "precision_recall",
+    "register_metric",
 ]
 
+# The registry first, then the modules that register the table's metrics, in the order the
+# table computes and prints them (the likelihood; mmd, kid, energy; fd; c2st; prdc; modes), then
+# the table that reads them. The order is the registry's: keep it (isort is off here).
+# isort: off
 from ppgen.inference.metrics.base import MetricError, MetricResult
-from ppgen.inference.metrics.c2st import c2st
 from ppgen.inference.metrics.features import cache_dir, digits_classifier
-from ppgen.inference.metrics.frechet import frechet_distance
+from ppgen.inference.metrics.registry import METRICS, MetricInputs, register_metric
+from ppgen.inference.metrics import nll  # noqa: F401  (registers "likelihood")
 from ppgen.inference.metrics.kernel import energy_distance, kid, mmd
+from ppgen.inference.metrics.frechet import frechet_distance
+from ppgen.inference.metrics.c2st import c2st
 from ppgen.inference.metrics.manifold import PrecisionRecall, precision_recall
 from ppgen.inference.metrics.modes import ModeCoverage, mode_coverage
-from ppgen.inference.metrics.table import METRICS, format_table, metrics_table
+from ppgen.inference.metrics.table import format_table, metrics_table
+
+# isort: on

@@ -8,7 +8,7 @@ __all__ = [
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -21,6 +21,12 @@ from ppgen.inference.metrics.base import (
     _pair,
 )
 from ppgen.inference.metrics.features import FeatureSpec
+from ppgen.inference.metrics.registry import (
+    MetricInputs,
+    Row,
+    register_metric,
+    statistic_rows,
+)
 
 
 def _train_classifier(
@@ -150,3 +156,15 @@ def c2st(
             "test": "exact hypergeometric, one-sided",
         },
     )
+
+
+def _c2st_rows(r: dict[str, Any]) -> list[Row]:
+    (row,) = statistic_rows("C2ST accuracy", "± {}")(r)
+    on = f"{row[4]}, {r['details']['classifier']}" if "details" in r else row[4]
+    return [(*row[:4], on)]
+
+
+@register_metric("c2st", rows=_c2st_rows)
+def _c2st_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """The classifier two-sample test on the raw points."""
+    return c2st(inputs.require_samples(), inputs.reference, seed=inputs.seed).to_dict()

@@ -6,6 +6,7 @@ __all__ = [
     "frechet_distance",
 ]
 
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,6 +17,7 @@ from ppgen.inference.metrics.base import (
     _pair,
 )
 from ppgen.inference.metrics.features import FeatureSpec
+from ppgen.inference.metrics.registry import MetricInputs, register_metric, statistic_rows
 
 
 def _gaussian_fit(f: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,3 +105,16 @@ def frechet_distance(
         features=label,
         details={"feature_dims": fx.shape[1], "num_bootstrap": num_bootstrap},
     )
+
+
+@register_metric(
+    "fd",
+    rows=statistic_rows("Frechet distance", "± {} (bootstrap)"),
+    aliases=("frechet", "frechet_distance", "fid"),
+)
+def _fd_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """The Frechet distance on the data's declared features."""
+    x = inputs.require_samples()
+    return frechet_distance(
+        x, inputs.reference, features=inputs.features, seed=inputs.seed
+    ).to_dict()

@@ -9,6 +9,7 @@ __all__ = [
 ]
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ from ppgen.inference.metrics.base import (
     _pair,
 )
 from ppgen.inference.metrics.features import FeatureSpec
+from ppgen.inference.metrics.registry import MetricInputs, register_metric, statistic_rows
 
 Kernel = Callable[[Tensor, Tensor], Tensor]  # (B, F), (N, F) -> (B, N)
 
@@ -341,3 +343,39 @@ def energy_distance(
         features=label,
         details={"estimator": "unbiased", "num_permutations": num_permutations, **null},
     )
+
+
+# ---- table metrics ---------------------------------------------------------------------------
+
+
+@register_metric("mmd", rows=statistic_rows("MMD^2 (Gaussian)"))
+def _mmd_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """MMD^2 on the raw points."""
+    x = inputs.require_samples()
+    return mmd(
+        x, inputs.reference, num_permutations=inputs.num_permutations, seed=inputs.seed
+    ).to_dict()
+
+
+@register_metric("kid", rows=statistic_rows("KID", "± {} (std over subsets)"))
+def _kid_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """KID on the data's declared features."""
+    x = inputs.require_samples()
+    r = kid(
+        x,
+        inputs.reference,
+        features=inputs.features,
+        num_permutations=inputs.num_permutations,
+        seed=inputs.seed,
+    )
+    return r.to_dict()
+
+
+@register_metric("energy", rows=statistic_rows("energy distance"), aliases=("energy_distance",))
+def _energy_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """The energy distance on the raw points."""
+    x = inputs.require_samples()
+    r = energy_distance(
+        x, inputs.reference, num_permutations=inputs.num_permutations, seed=inputs.seed
+    )
+    return r.to_dict()

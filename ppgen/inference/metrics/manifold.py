@@ -9,6 +9,7 @@ __all__ = [
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from ppgen.inference.metrics.base import (
     _pair,
 )
 from ppgen.inference.metrics.features import FeatureSpec
+from ppgen.inference.metrics.registry import MetricInputs, Row, register_metric
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,3 +139,18 @@ def precision_recall(
         coverage=float(covered_y.double().mean()),
         k=k,
     )
+
+
+def _prdc_rows(pr: dict[str, Any]) -> list[Row]:
+    on = f"{pr['features']}, k={pr['k']}"
+    return [
+        ("precision / recall", f"{pr['precision']:.3f} / {pr['recall']:.3f}", "", "", on),
+        ("density / coverage", f"{pr['density']:.3f} / {pr['coverage']:.3f}", "", "", on),
+    ]
+
+
+@register_metric("prdc", rows=_prdc_rows, aliases=("precision_recall",))
+def _prdc_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """k-NN precision/recall/density/coverage (k = 5) on the data's declared features."""
+    x = inputs.require_samples()
+    return precision_recall(x, inputs.reference, k=5, features=inputs.features).to_dict()

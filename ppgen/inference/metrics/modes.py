@@ -9,6 +9,7 @@ __all__ = [
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ from ppgen.inference.metrics.base import (
     MetricResult,
     _as_points,
 )
+from ppgen.inference.metrics.registry import MetricInputs, Row, register_metric
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -146,3 +148,28 @@ def mode_coverage(
         threshold=float(threshold),
         min_share=share,
     )
+
+
+def _modes_rows(mc: dict[str, Any]) -> list[Row]:
+    return [
+        (
+            "modes covered",
+            f"{mc['modes_covered']}/{mc['num_modes']}",
+            f"high-quality {mc['high_quality_fraction']:.3f}",
+            "",
+            f"{mc['threshold']:g} std, reverse KL {mc['reverse_kl']:.3f}",
+        )
+    ]
+
+
+@register_metric(
+    "modes",
+    rows=_modes_rows,
+    aliases=("mode_coverage",),
+    applies=lambda inputs: inputs.modes is not None,
+    skipped="no known mixture modes for these data",
+)
+def _modes_entry(inputs: MetricInputs) -> dict[str, Any]:
+    """Mode coverage of the samples on the mixture modes the data declare (``Dataset.modes``)."""
+    assert inputs.modes is not None, "registered with applies: only called where modes are known"
+    return mode_coverage(inputs.require_samples(), *inputs.modes).to_dict()
