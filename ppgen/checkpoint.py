@@ -724,7 +724,10 @@ def check_training_state(
     """
     try:
         live = model.state_dict()
-        _same_tensors(payload["model"]["state_dict"], live, "model.state_dict")
+        # with EMA the trainer keeps model.state_dict as its running average (lerp_ in place):
+        # the dtypes must then be the live ones exactly
+        ema = payload["ema_decay"] is not None
+        _same_tensors(payload["model"]["state_dict"], live, "model.state_dict", exact=ema)
         if payload["raw_state_dict"] is not None:
             _same_tensors(payload["raw_state_dict"], live, "raw_state_dict")
         _same_tensors(
@@ -733,6 +736,7 @@ def check_training_state(
         for g, opt in optimizers.items():
             saved = _field(payload["optimizers"], g, "optimizers")
             _same_optimizer(saved, opt, _join("optimizers", g))
+            _try_optimizer(saved, opt, _join("optimizers", g))
     except _Invalid as e:
         raise CheckpointError(f"{source}: field {e.path!r} {e.problem}") from None
 
@@ -746,7 +750,11 @@ def _kind(t: torch.Tensor) -> str:
 
 
 def _same_tensors(
-    saved: dict[str, torch.Tensor], live: Mapping[str, Any], path: str, kinds: bool = True
+    saved: dict[str, torch.Tensor],
+    live: Mapping[str, Any],
+    path: str,
+    kinds: bool = True,
+    exact: bool = False,
 ) -> None:
     for k, ref in live.items():
         t = _field(saved, k, path)
@@ -756,6 +764,8 @@ def _same_tensors(
             raise _Invalid(
                 _join(path, k), f"has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
             )
+        if exact and t.dtype != ref.dtype:
+            raise _Invalid(_join(path, k), f"is a {t.dtype} tensor, expected {ref.dtype}")
         if kinds and _kind(t) != _kind(ref):
             raise _Invalid(
                 _join(path, k), f"is a {t.dtype} tensor, expected {_kind(ref)} ({ref.dtype})"
@@ -763,6 +773,38 @@ def _same_tensors(
     for k in saved:
         if k not in live:
             raise _Invalid(_join(path, k), "is not in the module being loaded (an unexpected key)")
+
+
+def _try_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str) -> None:
+    """Load ``saved`` into a throwaway optimizer of ``opt``'s class over "meta" copies of its
+    parameters (shapes and dtypes, no memory) and take a step: what the optimizer itself
+    requires of its state (each per-parameter entry, each hyperparameter) is checked by the
+    optimizer, whatever its class. Warnings count as failures (a complex moment cast to real)."""
+    import warnings
+
+    params = [
+        [torch.nn.Parameter(torch.empty_like(p, device="meta")) for p in group["params"]]
+        for group in opt.param_groups
+    ]
+    groups = [
+        {**{k: v for k, v in group.items() if k != "params"}, "params": ps}
+        for group, ps in zip(opt.param_groups, params, strict=True)
+    ]
+    try:
+        trial = type(opt)(groups)
+    except Exception:  # noqa: BLE001 - an optimizer this trial cannot rebuild: the checks above
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trial.load_state_dict(saved)
+            for ps in params:
+                for p in ps:
+                    p.grad = torch.zeros_like(p)
+            trial.step()
+    except Exception as e:  # noqa: BLE001 - whatever the optimizer refuses, in one line
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise _Invalid(path, f"does not work in {type(opt).__name__} ({detail})") from None
 
 
 def _same_hyper(saved: Any, ref: Any, path: str) -> None:
@@ -791,7 +833,7 @@ def _same_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str
         raise _Invalid(
             groups_path, f"has {len(groups)} groups, the optimizer {len(opt.param_groups)}"
         )
-    shapes: dict[int, torch.Size] = {}
+    shapes: dict[int, tuple[torch.Size, str]] = {}
     for i, (group, ref) in enumerate(zip(groups, opt.param_groups, strict=True)):
         gpath = f"{groups_path}[{i}]"
         if len(group["params"]) != len(ref["params"]):
@@ -800,7 +842,8 @@ def _same_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str
                 f"lists {len(group['params'])} parameters, the optimizer has {len(ref['params'])}",
             )
         shapes.update(
-            (pid, p.shape) for pid, p in zip(group["params"], ref["params"], strict=True)
+            (pid, (p.shape, _kind(p)))
+            for pid, p in zip(group["params"], ref["params"], strict=True)
         )
         for k, v in ref.items():
             if k not in ("params", "param_names"):
@@ -808,10 +851,17 @@ def _same_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str
     spath = _join(path, "state")
     for pid, entry in saved["state"].items():
         for k, v in entry.items():
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != shapes[pid]:
+            if not isinstance(v, torch.Tensor):
+                continue
+            if v.dim() > 0 and v.shape != shapes[pid][0]:
                 raise _Invalid(
                     _join(_join(spath, pid), k),
-                    f"has shape {tuple(v.shape)}, its parameter {tuple(shapes[pid])}",
+                    f"has shape {tuple(v.shape)}, its parameter {tuple(shapes[pid][0])}",
+                )
+            if _kind(v) in ("complex", "bool") and _kind(v) != shapes[pid][1]:
+                raise _Invalid(
+                    _join(_join(spath, pid), k),
+                    f"is a {v.dtype} tensor, its parameter {shapes[pid][1]}",
                 )
 
 
