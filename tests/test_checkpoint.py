@@ -113,7 +113,7 @@ def test_failed_write_leaves_previous_file_whole(model, tmp_path, monkeypatch):
 # ---- the atomic writer: what it may replace, and the mode of what it writes ----
 
 
-@pytest.mark.parametrize("kind", ["fifo", "socket", "directory", "link-to-fifo"])
+@pytest.mark.parametrize("kind", ["fifo", "socket", "directory", "link-to-fifo", "link-to-device"])
 def test_atomic_writer_refuses_a_target_that_is_not_a_regular_file(tmp_path, kind):
     import socket
     import stat
@@ -127,9 +127,11 @@ def test_atomic_writer_refuses_a_target_that_is_not_a_regular_file(tmp_path, kin
         s.close()
     elif kind == "directory":
         target.mkdir()
-    else:
+    elif kind == "link-to-fifo":
         os.mkfifo(tmp_path / "fifo")
         target.symlink_to(tmp_path / "fifo")
+    else:
+        target.symlink_to(os.devnull)
     before = sorted(p.name for p in tmp_path.iterdir())
     mode = os.lstat(target).st_mode
     with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint\.pt: it exists and is a"):

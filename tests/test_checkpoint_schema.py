@@ -234,11 +234,16 @@ def assert_names(error: ckpt.CheckpointError, file: Path, path: Path_) -> None:
     assert want == got or want.startswith((got + ".", got + "[")), (want, message)
 
 
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+def _settings(n: int, derandomize: bool) -> settings:
+    """The default run: ``n`` derandomized examples; ``-m slow``: the figures of
+    docs/reliability.md, random."""
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=derandomize,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 # ---- consumers: what a resume and a load do with a payload ----
@@ -286,9 +291,7 @@ def _write(payload: Any) -> Path:
 # ---- the properties ----
 
 
-@SETTINGS
-@given(data=st.data(), which=st.sampled_from(["plain", "ema"]))
-def test_malformed_training_checkpoint_is_a_checkpoint_error(training_payloads, data, which):
+def _training_case(training_payloads, data, which):
     payload, kind, path = mutate(training_payloads[which], data)
     file = _write(payload)
     try:
@@ -305,14 +308,12 @@ def test_malformed_training_checkpoint_is_a_checkpoint_error(training_payloads, 
     )
 
 
-@SETTINGS
-@given(data=st.data())
-def test_malformed_model_file_is_a_checkpoint_error(model_payload, data):
+def _model_case(model_payload, data):
     payload, kind, path = mutate(model_payload, data)
     file = _write(payload)
     try:
         model = ppgen.load(file)
-        model.log_prob(ppgen.datasets.load("digits", split="val").data[:4])
+        model.log_prob(model.sample(2))  # the model the file describes, on its own data
     except ckpt.CheckpointError as e:
         if must_refuse(kind, model_payload, path):
             assert_names(e, file, path)
@@ -322,19 +323,60 @@ def test_malformed_model_file_is_a_checkpoint_error(model_payload, data):
     assert not must_refuse(kind, model_payload, path), f"{kind} at {fmt(path)} was accepted"
 
 
-@SETTINGS
-@given(data=st.data())
-def test_malformed_feature_cache_is_a_checkpoint_error(data):
+def _features_case(data):
     payload, kind, path = mutate(FEATURES, data)
     file = _write(payload)
     try:
         ckpt.read_checkpoint(file, kind="features")
     except ckpt.CheckpointError as e:
-        assert must_refuse(kind, FEATURES, path) or "\n" not in str(e)
         if must_refuse(kind, FEATURES, path):
             assert_names(e, file, path)
+        else:
+            assert str(e).startswith(f"{file}: ") and "\n" not in str(e)
         return
     assert not must_refuse(kind, FEATURES, path), f"{kind} at {fmt(path)} was accepted"
+
+
+WHICH = st.sampled_from(["plain", "ema"])
+
+
+@_settings(40, True)
+@given(data=st.data(), which=WHICH)
+def test_malformed_training_checkpoint_is_a_checkpoint_error(training_payloads, data, which):
+    _training_case(training_payloads, data, which)
+
+
+@pytest.mark.slow
+@_settings(1000, False)
+@given(data=st.data(), which=WHICH)
+def test_malformed_training_checkpoint_is_a_checkpoint_error_slow(training_payloads, data, which):
+    _training_case(training_payloads, data, which)
+
+
+@_settings(40, True)
+@given(data=st.data())
+def test_malformed_model_file_is_a_checkpoint_error(model_payload, data):
+    _model_case(model_payload, data)
+
+
+@pytest.mark.slow
+@_settings(500, False)
+@given(data=st.data())
+def test_malformed_model_file_is_a_checkpoint_error_slow(model_payload, data):
+    _model_case(model_payload, data)
+
+
+@_settings(40, True)
+@given(data=st.data())
+def test_malformed_feature_cache_is_a_checkpoint_error(data):
+    _features_case(data)
+
+
+@pytest.mark.slow
+@_settings(300, False)
+@given(data=st.data())
+def test_malformed_feature_cache_is_a_checkpoint_error_slow(data):
+    _features_case(data)
 
 
 @pytest.mark.parametrize("payload", [[1, 2], "text", None, torch.zeros(2)])
