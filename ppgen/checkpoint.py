@@ -36,6 +36,7 @@ __all__ = [
     "load_into",
     "model_payload",
     "model_from_payload",
+    "payload_kind",
     "read_checkpoint",
     "remove_partial_writes",
     "save",
