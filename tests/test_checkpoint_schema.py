@@ -282,8 +282,11 @@ def resume_into_live_objects(payload: dict[str, Any], file: Path) -> None:
         ema.update(model)
 
 
+_TMP = tempfile.TemporaryDirectory(prefix="ppgen-schema-")  # removed at exit
+
+
 def _write(payload: Any) -> Path:
-    path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+    path = Path(tempfile.mkdtemp(dir=_TMP.name)) / "checkpoint.pt"
     ckpt.write_checkpoint(path, payload)
     return path
 
