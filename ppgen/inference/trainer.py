@@ -133,8 +133,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and random together, as Pyro's ``set_rng_seed`` does."""
-    pyro.set_rng_seed(seed)
+    """Seed torch (all devices), numpy and random together, as Pyro's ``set_rng_seed`` does.
+
+    Raises:
+        ValueError: ``seed`` is not an integer in ``[0, 2**32 - 1]`` (the range all three accept;
+            a bool or a float is refused rather than rounded), before anything is seeded.
+    """
+    # numpy's legacy seeding takes [0, 2**32 - 1]; torch and random take more
+    integer = isinstance(seed, int | np.integer) and not isinstance(seed, bool)
+    if not (integer and 0 <= seed <= 2**32 - 1):
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    pyro.set_rng_seed(int(seed))
 
 
 def _rng_state() -> dict[str, Any]:
