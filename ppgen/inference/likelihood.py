@@ -462,7 +462,7 @@ def select_parzen_bandwidth(
         grid = tuple(float(v) for v in torch.logspace(-3, 1, 20) * scale)
     scores = [
         evaluate(model, data, estimator="parzen", num_particles=num_particles, seed=seed,
-                 bandwidth=h).nats
+                 bandwidth=h, mc_examples=0).nats
         for h in grid
     ]
     return grid[min(range(len(grid)), key=scores.__getitem__)]
