@@ -15,6 +15,7 @@ __all__ = [
     "AbstractObjective",
     "Adversarial",
     "Denoising",
+    "JitUnsupportedError",
     "MaximumLikelihood",
     "Renyi",
     "make_objective",
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
+from torch.distributions import biject_to, constraints, transform_to
 
 from ppgen.models.base import AbstractGenerativeModel
 
@@ -204,6 +206,87 @@ def make_objective(name: str, model: AbstractGenerativeModel, **options: Any) ->
 
 # ---- variational objectives (SVI) ---------------------------------------------------------------
 
+class JitUnsupportedError(ValueError):
+    """A JIT ELBO cannot run this model (a parameter it cannot be fed, or a program
+    ``torch.jit.trace`` cannot compile); the plain ELBO of the same name without ``Jit`` can."""
+
+
+class _Mapped(constraints.Constraint):
+    """A constraint that only carries the map from a parameter's unconstrained leaf to the value
+    its program uses, so the param store reproduces that value exactly (``transform_to`` of it
+    is the map; registered below for this private class only)."""
+
+    def __init__(self, transform: Any) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def check(self, value: Tensor) -> Tensor:
+        return torch.ones(value.shape, dtype=torch.bool, device=value.device)
+
+
+@transform_to.register(_Mapped)
+def _mapped_transform(constraint: _Mapped) -> Any:
+    return constraint.transform
+
+
+class _ParamSites(Messenger):
+    """Records, for each parameter statement, its value and the constraint the param store
+    held for it when it ran (a PyroModule's PyroParam) or the statement's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: dict[str, tuple[Tensor, Any]] = {}
+
+    def _pyro_post_param(self, msg: dict[str, Any]) -> None:
+        import pyro
+
+        name = msg["name"]
+        store = pyro.get_param_store()
+        if name in store._params:
+            constraint = store._constraints.get(name, constraints.real)
+        else:
+            constraint = msg["kwargs"].get("constraint", constraints.real)
+        self.sites.setdefault(name, (msg["value"], constraint))
+
+
+def _jit_setup(
+    model: AbstractGenerativeModel, args: tuple[Tensor, ...], beta: float
+) -> tuple[Any, Any, dict[str, tuple[Tensor, Any]]]:
+    """The programs a JIT ELBO compiles and, per parameter name, the unconstrained leaf tensor
+    to feed it with the map to the value the program uses. Raises :class:`JitUnsupportedError`
+    for a parameter with no such leaf."""
+    from pyro import poutine
+
+    model_fn, guide_fn = _scaled(model.model, beta), _scaled(model.guide, beta)
+    recorder = _ParamSites()
+    with torch.no_grad(), poutine.block(), recorder:
+        guide_fn(*args)
+        model_fn(*args)
+    named = {}
+    for name, (value, constraint) in recorder.sites.items():
+        ref = getattr(value, "unconstrained", None)
+        leaf = ref() if callable(ref) else None
+        if leaf is None and isinstance(value, nn.Parameter):
+            leaf = value  # an unconstrained parameter served as it is
+        if leaf is None:
+            raise JitUnsupportedError(
+                f"parameter {name!r} is a tensor computed from others, with no unconstrained "
+                "leaf the JIT can be fed"
+            )
+        # the map the program applied: the constraint's transform (Pyro's param store uses
+        # transform_to, a wrapped program may use biject_to); whichever reproduces the value
+        for transform in (transform_to(constraint), biject_to(constraint)):
+            if transform(leaf).shape == value.shape and torch.equal(transform(leaf), value):
+                break
+        else:
+            raise JitUnsupportedError(
+                f"parameter {name!r}: no map of its constraint {constraint} gives the value "
+                "the program used from its unconstrained leaf"
+            )
+        named[name] = (leaf, transform)
+    return model_fn, guide_fn, named
+
+
 # Pyro ELBOs by name (the class name, or a short alias).
 _PYRO_ELBOS = {
     "trace": "Trace_ELBO",
@@ -277,6 +360,9 @@ class ELBO(AbstractObjective):
         beta: the KL weight.
         warmup: warm-up steps (0: none).
         free_bits: the free-bits floor in nats per KL group (``elbo="model"`` only).
+        jit_fallback: for the JIT ELBOs: when the JIT cannot run the model (see
+            :class:`JitUnsupportedError`), warn and use the same ELBO without the JIT instead
+            of raising.
 
     References:
         Kingma & Welling, arXiv:1312.6114; Higgins et al., beta-VAE (ICLR 2017); Sonderby et
@@ -303,6 +389,7 @@ class ELBO(AbstractObjective):
         beta: float = 1.0,
         warmup: int = 0,
         free_bits: float = 0.0,
+        jit_fallback: bool = False,
         **options: Any,
     ) -> None:
         if model.likelihood != "bound":
@@ -327,8 +414,15 @@ class ELBO(AbstractObjective):
             raise ValueError("the Renyi bound has no KL term to weight: use beta=1, warmup=0")
         if alpha != 0.0 and elbo != "RenyiELBO":
             raise ValueError("alpha is the order of the Renyi bound: pass elbo='RenyiELBO'")
+        if not isinstance(jit_fallback, bool):
+            raise ValueError(f"jit_fallback must be true or false, got {jit_fallback!r}")
+        if jit_fallback and not elbo.startswith("Jit"):
+            raise ValueError("jit_fallback applies to the JIT ELBOs (JitTrace_ELBO, "
+                             f"JitTraceMeanField_ELBO), not to elbo={elbo!r}")
         super().__init__(model, elbo=elbo, num_particles=num_particles, alpha=alpha, beta=beta,
-                         warmup=warmup, free_bits=free_bits, **options)
+                         warmup=warmup, free_bits=free_bits, jit_fallback=jit_fallback,
+                         **options)
+        self.jit_fallback = jit_fallback
         self.elbo, self.num_particles, self.alpha = elbo, num_particles, alpha
         self.beta, self.warmup, self.free_bits = beta, warmup, free_bits
         self._pyro_elbo: Any = None
@@ -391,35 +485,36 @@ class ELBO(AbstractObjective):
     ) -> Tensor:
         """A jitted Pyro ELBO with module-local parameters.
 
-        Pyro's JIT feeds parameters to the compiled trace by name from the global param store.
-        ppgen keeps parameters in modules, so each call lends the model's parameters (the same
-        tensors) to a temporary param-store scope, restored on exit: nothing leaks into the
-        user's global store, and gradients land on the module's parameters.
+        Pyro's JIT feeds parameters to the compiled trace by name from the global param store,
+        each as an unconstrained leaf tensor that the store maps to its constrained value. ppgen
+        keeps parameters in modules, so each call lends the model's parameters (the same leaf
+        tensors, with the maps that give the values the programs use: a ``PyroParam``'s
+        constraint, a captured ``pyro.param``'s) to a temporary param-store scope, restored on
+        exit: nothing leaks into the user's global store, and gradients land on the module's
+        parameters. A parameter the JIT cannot be fed (a tensor computed from others, with no
+        unconstrained leaf) raises :class:`JitUnsupportedError` at the first call, naming it;
+        so does a program the JIT cannot compile when the plain ELBO runs it. With
+        ``jit_fallback=True`` the objective warns once and uses the plain ELBO instead.
         """
-        import pyro
-        from pyro import poutine
-        from torch.distributions import constraints
-
         args = (x,) if context is None else (x, context)
         if self._jit_fns is None:
-            model_fn, guide_fn = _scaled(model.model, self.beta), _scaled(model.guide, self.beta)
-            with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as tr:
-                guide_fn(*args)
-                model_fn(*args)
-            named = {
-                name: (site["value"].unconstrained() if hasattr(site["value"], "unconstrained")
-                       else site["value"])
-                for name, site in tr.trace.nodes.items()
-                if site["type"] == "param"
-            }
-            self._jit_fns = (model_fn, guide_fn, named)
+            try:
+                self._jit_fns = _jit_setup(model, args, self.beta)
+                return self._jit_call(x, args)
+            except Exception as e:
+                return self._jit_failed(model, x, context, e)
+        return self._jit_call(x, args)
+
+    def _jit_call(self, x: Tensor, args: tuple[Tensor, ...]) -> Tensor:
+        import pyro
+
         model_fn, guide_fn, named = self._jit_fns
         store = pyro.get_param_store()
         with store.scope():
-            for name, param in named.items():
-                store._params[name] = param
-                store._param_to_name[param] = name
-                store._constraints[name] = constraints.real
+            for name, (leaf, transform) in named.items():
+                store._params[name] = leaf
+                store._param_to_name[leaf] = name
+                store._constraints[name] = _Mapped(transform)
             with warnings.catch_warnings():
                 # torch 2.x deprecates the torch.jit.trace that Pyro's JIT ELBOs are built on
                 warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
@@ -441,6 +536,39 @@ class ELBO(AbstractObjective):
                         jit._loss_and_surrogate_loss = jit._differentiable_loss
                     loss = jit.differentiable_loss(model_fn, guide_fn, *args)
         return loss / x.shape[0]
+
+    def _jit_failed(
+        self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None,
+        error: Exception,
+    ) -> Tensor:
+        """The first jitted call failed: an error of the program itself (the plain ELBO fails
+        too) propagates as it is; a JIT-only failure is a :class:`JitUnsupportedError`, or,
+        with ``jit_fallback=True``, a warning and the plain ELBO from then on."""
+        import pyro.infer
+
+        self._jit_fns = None
+        plain = {"JitTrace_ELBO": "Trace_ELBO",
+                 "JitTraceMeanField_ELBO": "TraceMeanField_ELBO"}[self.elbo]
+        fallback = getattr(pyro.infer, plain)(num_particles=self.num_particles,
+                                              vectorize_particles=self.num_particles > 1)
+        model_fn, guide_fn = _scaled(model.model, self.beta), _scaled(model.guide, self.beta)
+        loss = fallback.differentiable_loss(model_fn, guide_fn, x, context) / x.shape[0]
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not isinstance(error, JitUnsupportedError):
+            reason = f"{type(error).__name__} while compiling: {reason}"
+        if not self.jit_fallback:
+            raise JitUnsupportedError(
+                f"elbo={self.elbo!r} cannot run {type(model).__name__}: {reason}; use "
+                f"elbo={plain!r} (the same estimator without the JIT), or pass "
+                "jit_fallback=True (CLI: --objective.jit_fallback=true) to fall back to it "
+                "with a warning"
+            ) from error
+        warnings.warn(
+            f"elbo={self.elbo!r} cannot run {type(model).__name__} ({reason}); falling back "
+            f"to {plain!r} as jit_fallback=True asks", RuntimeWarning, stacklevel=3,
+        )
+        self.elbo, self._pyro_elbo = plain, fallback
+        return loss
 
     def _renyi(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None

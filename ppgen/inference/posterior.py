@@ -48,15 +48,16 @@ from torch import Tensor
 
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import (
+    _chunk,
     _data_dim,
     _latent_names,
     _log_density,
+    _log_mean_exp,
     _observation_scale,
     _particles,
     _plate_nesting,
     _probe,
     _sample_sites,
-    estimate_iwae,
     importance_log_weights,
     smooth_delta,
 )
@@ -352,15 +353,28 @@ class AmortizationGap:
     where :math:`q_\phi` is the amortized guide and :math:`q^*` the best per-example member of
     the variational family, found by optimizing a local diagonal Gaussian per example.
 
+    Every term is a Monte Carlo estimate, so a gap can come out slightly negative by chance. The
+    ``*_var`` tensors hold each per-example estimate's Monte Carlo variance (an ELBO's: the
+    sample variance of its K log-weights / K; the IWAE's: the delta method,
+    :math:`\mathrm{Var}[w] / (K \bar w^2)`, which understates it when the weights are heavy
+    tailed), and :meth:`mc_stderr` the standard error of a gap's mean. :meth:`flags` reads a
+    negative mean gap against it: within ``k`` standard errors it is noise; beyond, a sign of a
+    problem (q* not converged, a guide richer than q*'s family, an unconverged IWAE).
+
     Attributes:
         log_px: ``Tensor[N]``, the log-likelihood estimate (nats).
         elbo_amortized: the ELBO of the amortized guide.
         elbo_optimal: the ELBO of the locally optimized q*.
+        log_px_var: the Monte Carlo variance of each ``log_px`` (None: unknown); likewise
+            ``elbo_amortized_var`` and ``elbo_optimal_var``.
     """
 
     log_px: Tensor
     elbo_amortized: Tensor
     elbo_optimal: Tensor
+    log_px_var: Tensor | None = None
+    elbo_amortized_var: Tensor | None = None
+    elbo_optimal_var: Tensor | None = None
 
     @property
     def approximation(self) -> Tensor:
@@ -377,6 +391,46 @@ class AmortizationGap:
         """log p(x) - ELBO[q_phi]."""
         return self.log_px - self.elbo_amortized
 
+    def mc_stderr(self, gap: Literal["approximation", "amortization", "total"]) -> float | None:
+        """The Monte Carlo standard error of the mean of ``gap`` over examples, nats (the two
+        estimates in a gap use independent draws; examples too); None when unknown."""
+        terms = {"approximation": (self.log_px_var, self.elbo_optimal_var),
+                 "amortization": (self.elbo_optimal_var, self.elbo_amortized_var),
+                 "total": (self.log_px_var, self.elbo_amortized_var)}[gap]
+        if terms[0] is None or terms[1] is None:
+            return None
+        n = self.log_px.shape[0]
+        return float((terms[0] + terms[1]).double().sum().sqrt()) / n
+
+    def flags(self, k: float = 3.0) -> list[str]:
+        """One line for each gap whose mean is negative (a bound above what it bounds): within
+        ``k`` Monte Carlo standard errors, noise; beyond, a sign of a problem."""
+        causes = {
+            "approximation": (
+                "ELBO[q*] lies above the IWAE estimate of log p(x): the IWAE has not converged "
+                "(raise num_particles) or a density does not normalize"
+            ),
+            "amortization": (
+                "the per-example q* scores below the amortized guide: its fit did not converge "
+                "(raise gap_steps) or the guide is richer than q*'s diagonal Gaussian (e.g. an "
+                "IAF), so the split into approximation and amortization is not meaningful"
+            ),
+        }
+        out = []
+        for name, cause in causes.items():
+            mean = float(getattr(self, name).double().mean())
+            if mean >= 0:
+                continue
+            mc = self.mc_stderr(name)  # type: ignore[arg-type]
+            if mc is not None and -mean <= k * mc:
+                out.append(f"the {name} gap is negative ({mean:.4f} nats) but within {k:g} "
+                           f"Monte Carlo standard errors ({mc:.4f}): noise, read it as 0")
+            else:
+                where = "" if mc is None else f" ({-mean / mc:.1f} Monte Carlo standard errors)"
+                out.append(f"WARNING: the {name} gap is negative ({mean:.4f} nats) beyond its "
+                           f"Monte Carlo error{where}: {cause}")
+        return out
+
     def table(self) -> str:
         """One row per example, in nats."""
         rows = ["example  log p(x)   ELBO[q]   ELBO[q*]  approx. gap  amort. gap"]
@@ -389,11 +443,18 @@ class AmortizationGap:
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return (
-            f"inference gap {float(self.total.mean()):.3f} nats = approximation "
-            f"{float(self.approximation.mean()):.3f} + amortization "
-            f"{float(self.amortization.mean()):.3f} (mean over {self.log_px.shape[0]} examples)"
+        def term(name: Literal["approximation", "amortization", "total"]) -> str:
+            mc = self.mc_stderr(name)
+            value = f"{float(getattr(self, name).mean()):.3f}"
+            return value if mc is None else f"{value} ± {mc:.3f}"
+
+        mc = "" if self.mc_stderr("total") is None else "; ± Monte Carlo standard errors"
+        head = (
+            f"inference gap {term('total')} nats = approximation {term('approximation')} + "
+            f"amortization {term('amortization')} (mean over {self.log_px.shape[0]} "
+            f"examples{mc})"
         )
+        return "\n".join([head, *(f"  {f}" for f in self.flags())])
 
 
 def _local_guide(
@@ -482,19 +543,40 @@ def amortization_gap(
                 (-log_w.mean(0).sum()).backward()
             opt.step()
         with torch.no_grad():
-            elbo_q = _mean_log_weight(model.model, model.guide, x, context, num_particles,
-                                      nesting)
-            elbo_star = _mean_log_weight(model.model, local, x, context, num_particles, nesting)
-            iwae_q = estimate_iwae(model, x, context, num_particles=num_particles)[0]
+            elbo_q, elbo_q_var = _mean_log_weight(model.model, model.guide, x, context,
+                                                  num_particles, nesting)
+            elbo_star, elbo_star_var = _mean_log_weight(model.model, local, x, context,
+                                                        num_particles, nesting)
+            # IWAE with the guide, in estimate_iwae's chunks
+            chunk = _chunk(num_particles, model, n, None)
+            log_w = torch.cat([
+                importance_log_weights(model.model, model.guide, x, context, k, nesting)
+                for k in _chunks(num_particles, chunk)
+            ])
+            iwae_q, iwae_q_var = _log_mean_exp(log_w), _delta_var(log_w)
             log_w = torch.cat([
                 importance_log_weights(model.model, local, x, context, k, nesting)
                 for k in _chunks(num_particles, 100)
             ])
             iwae_star = torch.logsumexp(log_w, 0) - math.log(num_particles)
-    del n
+            iwae_star_var = _delta_var(log_w)
+    best = iwae_q >= iwae_star
     return AmortizationGap(
-        torch.maximum(iwae_q, iwae_star).detach(), elbo_q.detach(), elbo_star.detach()
+        torch.where(best, iwae_q, iwae_star).detach(), elbo_q.detach(), elbo_star.detach(),
+        torch.where(best, iwae_q_var, iwae_star_var).detach(), elbo_q_var.detach(),
+        elbo_star_var.detach(),
     )
+
+
+def _delta_var(log_w: Tensor) -> Tensor:
+    r"""The delta-method Monte Carlo variance of :math:`\log \frac1K \sum_k w_k` per example,
+    :math:`\widehat{\mathrm{Var}}[w] / (K \bar w^2)`, from log-weights ``(K, N)`` (computed
+    on weights scaled by their maximum, so it cannot overflow)."""
+    k = log_w.shape[0]
+    if k < 2:
+        return torch.full_like(log_w[0], math.inf)
+    w = (log_w - log_w.max(0).values).exp()
+    return w.var(0) / (k * w.mean(0).pow(2))
 
 
 def _chunks(total: int, size: int) -> list[int]:
@@ -504,10 +586,22 @@ def _chunks(total: int, size: int) -> list[int]:
 def _mean_log_weight(
     model_fn: Callable[..., Any], guide_fn: Callable[..., Any], x: Tensor,
     context: Tensor | None, k: int, nesting: int,
-) -> Tensor:
-    parts = [importance_log_weights(model_fn, guide_fn, x, context, c, nesting).sum(0)
-             for c in _chunks(k, 100)]
-    return torch.stack(parts).sum(0) / k
+) -> tuple[Tensor, Tensor]:
+    """The ELBO per example (the mean of K log-weights) and its Monte Carlo variance (their
+    sample variance / K; inf for K = 1)."""
+    sums, squares = [], []
+    dtype = x.dtype
+    for c in _chunks(k, 100):
+        log_w = importance_log_weights(model_fn, guide_fn, x, context, c, nesting)
+        dtype, log_w = log_w.dtype, log_w.double()
+        sums.append(log_w.sum(0))
+        squares.append(log_w.pow(2).sum(0))
+    total, total_sq = torch.stack(sums).sum(0), torch.stack(squares).sum(0)
+    mean = total / k
+    if k < 2:
+        return mean.to(dtype), torch.full_like(mean, math.inf)
+    var = ((total_sq - k * mean.pow(2)) / (k - 1)).clamp_min(0)
+    return mean.to(dtype), var / k
 
 
 # ---- decoding and inspection ------------------------------------------------------------------

@@ -43,6 +43,7 @@ __all__ = [
 import dataclasses
 import inspect
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -101,7 +102,10 @@ class _CaptureParams(Messenger):
             params[key] = nn.Parameter(unconstrained.detach().clone())
             self.owner._constraints[key] = constraint
             self.owner._known = None
-        msg["value"] = biject_to(constraint)(params[key])
+        value = biject_to(constraint)(params[key])
+        if value is not params[key]:  # Pyro's mark of a constrained param (its JIT reads it)
+            value.unconstrained = weakref.ref(params[key])
+        msg["value"] = value
         msg["done"] = True
 
 

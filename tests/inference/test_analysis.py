@@ -192,6 +192,44 @@ def test_compare_two_models_on_data():
     assert c.name_a == "A (Independent)" and c.kind_a == c.kind_b == "exact"
 
 
+
+def test_compare_of_a_bound_and_the_exact_value_of_one_model_checks_the_side():
+    """Given as one model's two evaluations, a bound above the exact value beyond its Monte
+    Carlo error is printed as a warning; within it, as noise; the Monte Carlo error of the
+    difference is reported beside the spread over examples."""
+    g = torch.Generator().manual_seed(1)
+    logp = -3 + torch.randn(200, generator=g, dtype=torch.float64)
+    exact = Evaluation(logp, "exact", "exact", 2, "test", 0.0)
+    for excess, mc, verdict in ((0.06, 0.01, "wrong side"), (0.06, 0.05, "within noise"),
+                                (-0.3, 0.01, "ok")):
+        bound = Evaluation(logp + excess, "lower_bound", "elbo", 2, "test", mc)
+        c = analysis.compare(bound, exact, same_model=True, num_bootstrap=100)  # no flag needed
+        assert c.bound_check is not None and c.bound_check.verdict == verdict, (excess, mc)
+        assert c.mc_stderr == pytest.approx(mc)
+        assert f"Monte Carlo ± {mc:.4f}" in str(c)
+        assert ("WARNING" in str(c)) == (verdict == "wrong side"), str(c)
+        assert c.to_dict()["bound_check"]["verdict"] == verdict
+        assert "gap" in c.note
+    # two different models' bound and exact value: no side to check, refused unless asked
+    bound = Evaluation(logp + 0.06, "lower_bound", "elbo", 2, "test", 0.01)
+    with pytest.raises(analysis.MixedKindsError):
+        analysis.compare(bound, exact)
+    c = analysis.compare(bound, exact, allow_mixed_kinds=True, num_bootstrap=100)
+    assert c.bound_check is None and "WARNING: mixed kinds" in str(c)
+    # an unmeasured Monte Carlo error is said, not hidden
+    c = analysis.compare(Evaluation(logp, "lower_bound", "elbo", 2, "test"), bound,
+                         num_bootstrap=100)
+    assert c.mc_stderr is None and "Monte Carlo error not measured" in str(c)
+
+
+def test_summarize_carries_the_mc_error():
+    bound = Evaluation(torch.linspace(-2, -1, 30, dtype=torch.float64), "lower_bound", "elbo",
+                       2, "test", 0.02)
+    s = analysis.summarize(bound, num_bootstrap=200)
+    assert s.mc_stderr == 0.02 and s.to_dict()["mc_stderr"] == 0.02
+    assert "Monte Carlo ± 0.020 nats" in str(s)
+
+
 # ---- calibration ----------------------------------------------------------------------------
 
 

@@ -43,3 +43,39 @@ def test_evaluate_refuses_a_wrong_estimator():
         ppgen.evaluate(m, ds, estimator="magic")
     with pytest.raises(ValueError, match="shape"):
         ppgen.evaluate(m, ds.data.reshape(len(ds), -1))
+
+
+@pytest.mark.parametrize(
+    ("model_data", "data_kind", "data_levels", "said"),
+    [
+        (("digits", "test"), "binary", None, "built for 17 levels but dataset 'other' declares 2"),
+        (("digits-binary", "test"), "discrete", 17,
+         "built for 2 levels but dataset 'other' declares 17"),
+        (("digits", "test"), "continuous", None, "holds continuous data"),
+    ],
+)
+def test_data_declared_with_other_levels_than_the_model_get_a_note(
+    model_data, data_kind, data_levels, said
+):
+    """The values fit the model's support, so the data are scored, but the number is a
+    likelihood over the model's levels: the Evaluation says so, in its text and its dict."""
+    built_on = ppgen.datasets.load(*model_data)
+    m = ppgen.build("independent", built_on)
+    x = (built_on.data > 0).float()  # 0/1: inside every discrete model's support
+    other = ppgen.datasets.Dataset("other", x, data_kind, data_levels)
+    ev = ppgen.evaluate(m, other)
+    assert len(ev.notes) == 1 and said in ev.notes[0], ev.notes
+    assert "note: " + ev.notes[0] in str(ev) and ev.to_dict()["notes"] == list(ev.notes)
+    # the same values as a tensor, or as data declared as the model's: no note
+    assert ppgen.evaluate(m, x).notes == ()
+    same = ppgen.datasets.Dataset("same", x, built_on.kind, built_on.levels)
+    assert ppgen.evaluate(m, same).notes == ()
+
+
+def test_a_continuous_model_on_discrete_data_gets_a_note():
+    ds = ppgen.datasets.load("moons", "test")
+    m = ppgen.build("independent", ds)
+    ints = ppgen.datasets.Dataset("ints", ds.data.round().clamp(0, 4), "discrete", 5)
+    ev = ppgen.evaluate(m, ints)
+    assert ev.kind == "exact" and "built for continuous data" in ev.notes[0]
+    assert "holds 5 levels" in ev.notes[0]

@@ -163,3 +163,108 @@ def test_objective_errors():
         make_objective("elbo", m, elbo="JitTrace_ELBO", warmup=5)
     with pytest.raises(ValueError, match="likelihood='bound'"):
         make_objective("elbo", ppgen.build("independent", ds))
+
+
+# ---- the JIT ELBOs on a user's PyroModule ------------------------------------------------------
+
+
+def _ppca_with_a_pyro_module_guide(p: PPCA, x: torch.Tensor):
+    """pPCA whose guide is a user's PyroModule holding PyroParams (one constrained positive)
+    and a captured, constrained pyro.param statement: every way a user's Pyro code can hold a
+    parameter that the JIT must be fed by name."""
+    from pyro.nn import PyroModule, PyroParam, pyro_method
+    from torch.distributions import constraints
+
+    class Guide(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.offset = PyroParam(0.3 * torch.ones(p.latent, dtype=x.dtype))
+            self.scale = PyroParam(0.6 * torch.ones(p.latent, dtype=x.dtype),
+                                   constraint=constraints.positive)
+
+        @pyro_method
+        def guide(self, x=None):
+            stretch = pyro.param("stretch", torch.full((p.latent,), 1.2, dtype=x.dtype),
+                                 constraint=constraints.positive)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(p.posterior_mean(x) + self.offset,
+                                             self.scale * stretch).to_event(1))
+
+    g = Guide()
+    m = ppgen.from_pyro(p.model, g.guide, event_shape=(p.d,), likelihood="bound", example=x)
+    return m, g
+
+
+@pytest.mark.parametrize("elbo", ["JitTrace_ELBO", "JitTraceMeanField_ELBO"])
+def test_jit_elbos_train_the_pyro_params_of_a_pyro_module(elbo):
+    """E[gradient] of the jitted loss = the closed-form gradient with respect to every leaf:
+    the PyroParams' unconstrained tensors and the captured pyro.param (before the fix, the JIT
+    fed the positive scale its unconstrained value and the first call raised)."""
+    from torch.distributions import biject_to, constraints
+
+    p = PPCA.random(3, 2, 0.6, seed=1)
+    x = p.sample(40, seed=2)
+    m, g = _ppca_with_a_pyro_module_guide(p, x)
+    leaves = [g.offset_unconstrained, g.scale_unconstrained, m.user_params["stretch"]]
+    assert {id(q) for q in m.parameters()} == {id(q) for q in leaves}
+    obj = make_objective("elbo", m, elbo=elbo)
+    s = g.scale_unconstrained.exp() * biject_to(constraints.positive)(m.user_params["stretch"])
+    ll, prior, entropy = p.elbo_parts(x, p.posterior_mean(x) + g.offset_unconstrained, s)
+    exact = torch.cat([q.flatten() for q in torch.autograd.grad(
+        -(ll + prior + entropy).mean(), leaves)])
+    grads = _grads(obj, m, leaves, x, 0, 150)
+    z = (grads.mean(0) - exact) / (grads.std(0) / grads.shape[0] ** 0.5)
+    assert z.abs().max() < 5, (elbo, grads.mean(0), exact)
+    assert len(pyro.get_param_store()) == 0
+
+
+def test_a_jit_failure_is_refused_clearly_or_falls_back_on_request(monkeypatch):
+    p = PPCA.random(3, 2, 0.6, seed=1)
+    x = p.sample(12, seed=2)
+    m, _ = _ppca_with_a_pyro_module_guide(p, x)
+
+    def cannot_trace(*args, **kwargs):
+        raise RuntimeError("tracer cannot handle this operation\n(long torch detail)")
+
+    monkeypatch.setattr(torch.jit, "trace", cannot_trace)
+    from ppgen.inference.objectives import JitUnsupportedError
+
+    obj = make_objective("elbo", m, elbo="JitTrace_ELBO")
+    with pytest.raises(JitUnsupportedError, match="elbo='Trace_ELBO'.*jit_fallback=True") as e:
+        obj.loss(m, x, None, "model", 0)
+    assert "\n" not in str(e.value) and "cannot handle this operation" in str(e.value)
+    fb = make_objective("elbo", m, elbo="JitTraceMeanField_ELBO", jit_fallback=True)
+    assert fb.options["jit_fallback"] is True  # recorded, so a checkpoint rebuilds it
+    with pytest.warns(RuntimeWarning, match="falling back to 'TraceMeanField_ELBO'"):
+        first = fb.loss(m, x, None, "model", 0)
+    second = fb.loss(m, x, None, "model", 1)  # no second warning (filterwarnings = error)
+    assert torch.isfinite(first) and torch.isfinite(second)
+    assert fb.elbo == "TraceMeanField_ELBO"
+    assert len(pyro.get_param_store()) == 0
+
+
+def test_an_error_of_the_program_itself_is_not_blamed_on_the_jit():
+    p = PPCA.random(3, 2, 0.6, seed=1)
+
+    def picky_guide(x=None):
+        if x.shape[0] == 5:
+            raise ValueError("this guide refuses batches of 5")
+        p.guide(x)
+
+    m = ppgen.from_pyro(p.model, picky_guide, event_shape=(p.d,), likelihood="bound")
+    for fallback in (False, True):
+        obj = make_objective("elbo", m, elbo="JitTrace_ELBO", jit_fallback=fallback)
+        with pytest.raises(ValueError, match="refuses batches of 5") as e:
+            obj.loss(m, p.sample(5, seed=0), None, "model", 0)
+        assert "JIT" not in str(e.value)
+    obj = make_objective("elbo", m, elbo="JitTrace_ELBO")
+    assert torch.isfinite(obj.loss(m, p.sample(6, seed=0), None, "model", 0))
+
+
+def test_jit_fallback_is_validated():
+    p = PPCA.random(3, 2, 0.6, seed=1)
+    m = p.bound()
+    with pytest.raises(ValueError, match="JIT ELBOs"):
+        make_objective("elbo", m, elbo="Trace_ELBO", jit_fallback=True)
+    with pytest.raises(ValueError, match="true or false"):
+        make_objective("elbo", m, elbo="JitTrace_ELBO", jit_fallback="yes")

@@ -145,3 +145,44 @@ def test_cli_fit_and_inspect(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "r_hat" in out and "amortization" in out
     assert (tmp_path / "inspect" / "latent_scatter.png").exists()
+
+
+def test_amortization_gap_reports_its_mc_error_and_reads_a_negative_gap_against_it():
+    """A guide richer than q*'s diagonal Gaussian (here the exact, correlated posterior) makes
+    the amortization gap negative far beyond its Monte Carlo error: flagged as a problem. A gap
+    whose negative mean lies within its error is called noise."""
+    import pyro
+    import pyro.distributions as dist
+
+    from ppgen.inference.posterior import AmortizationGap
+
+    p = PPCA.random(3, 2, 0.5, seed=5)
+
+    def exact_guide(x=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(p.posterior_mean(x), p.posterior_cov()))
+
+    m = ppgen.from_pyro(p.model, exact_guide, event_shape=(p.d,), likelihood="bound")
+    x = p.sample(6, seed=1)
+    gap = amortization_gap(m, x, num_particles=400, steps=200, seed=0)
+    mc = gap.mc_stderr("amortization")
+    assert mc is not None and 0 < mc < 0.05
+    assert float(gap.amortization.mean()) < -5 * mc
+    flags = gap.flags()
+    assert len(flags) == 1 and flags[0].startswith("WARNING: the amortization gap is negative")
+    assert "richer" in flags[0] and flags[0] in str(gap) and " ± " in str(gap)
+    # the exact posterior as the guide: its ELBO is log p(x) for every draw (no MC error)
+    assert float(gap.elbo_amortized_var.max()) < 1e-12
+    # within noise: a negative mean smaller than its error
+    n = 4
+    zeros = torch.zeros(n, dtype=torch.float64)
+    noisy = AmortizationGap(zeros, zeros + 0.01, zeros, zeros + 0.01, zeros + 0.01,
+                            zeros + 0.01)
+    assert noisy.flags() == [
+        "the amortization gap is negative (-0.0100 nats) but within 3 Monte Carlo standard "
+        "errors (0.0707): noise, read it as 0"
+    ]
+    # without the variances (a gap built by hand) nothing is said about noise
+    bare = AmortizationGap(zeros, zeros + 0.01, zeros)
+    assert bare.mc_stderr("amortization") is None and bare.flags()[0].startswith("WARNING")
+    assert " ± " not in str(bare)

@@ -208,6 +208,9 @@ class LikelihoodSummary:
         ci: the bootstrap CI of ``nats``.
         bits_per_dim: ``nats / (D ln 2)``; ``bits_per_dim_stderr`` and ``bits_per_dim_ci``
             likewise (the same interval, rescaled).
+        mc_stderr: the estimator's Monte Carlo standard error of ``nats`` (from the
+            Evaluation; 0 for exact values, None when unknown). The CI covers the spread over
+            examples only.
     """
 
     kind: str
@@ -220,6 +223,7 @@ class LikelihoodSummary:
     bits_per_dim: float
     bits_per_dim_stderr: float
     bits_per_dim_ci: ConfidenceInterval
+    mc_stderr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -238,6 +242,7 @@ class LikelihoodSummary:
             "bits_per_dim_ci_high": self.bits_per_dim_ci.high,
             "level": self.ci.level,
             "ci_method": self.ci.method,
+            "mc_stderr": self.mc_stderr,
         }
 
     def __str__(self) -> str:
@@ -246,7 +251,9 @@ class LikelihoodSummary:
             f"{self.bits_per_dim:.4f} ± {self.bits_per_dim_stderr:.4f} bits/dim, "
             f"{b.level:.0%} CI [{b.low:.4f}, {b.high:.4f}]; {self.nats:.3f} ± {self.stderr:.3f} "
             f"nats, CI [{c.low:.3f}, {c.high:.3f}] ({self.kind}, {self.estimator}, "
-            f"n={self.num_examples})"
+            f"n={self.num_examples}"
+            + ("" if not self.mc_stderr else f"; Monte Carlo ± {self.mc_stderr:.3f} nats")
+            + ")"
         )
 
 
@@ -295,10 +302,11 @@ def summarize(
     if isinstance(evaluation, Evaluation):
         values, kind, estimator = evaluation.per_example, evaluation.kind, evaluation.estimator
         dims = evaluation.num_dims if num_dims is None else num_dims
+        mc = evaluation.mc_stderr
     else:
         if num_dims is None:
             raise ValueError("pass num_dims with bare per-example values (bits/dim needs D)")
-        values, kind, estimator, dims = evaluation, "unknown", "given", num_dims
+        values, kind, estimator, dims, mc = evaluation, "unknown", "given", num_dims, None
     nll = -_as_values(values, "the per-example log-likelihoods")
     ci = bootstrap_ci(nll, level=level, num_bootstrap=num_bootstrap, method=method, seed=seed)
     n = nll.numel()
@@ -315,4 +323,5 @@ def summarize(
         bits_per_dim=ci.value * scale,
         bits_per_dim_stderr=stderr * scale,
         bits_per_dim_ci=_rescaled(ci, scale),
+        mc_stderr=mc,
     )

@@ -144,6 +144,7 @@ def hdr_coverage(
         raise ValueError(f"num_samples must be at least 10, got {num_samples}")
     x, labels = _data_parts(data)
     samples, context = _draw(model, num_samples, labels, seed)
+    options = {"mc_examples": 0, **options}  # per-example values only: no Monte Carlo error
     ev_data = evaluate(model, data, estimator=estimator, seed=seed, **options)
     ev_model = evaluate(
         model, samples, estimator=estimator, seed=seed + 1, context=context, **options

@@ -20,7 +20,7 @@ from ppgen.inference.analysis.bootstrap import (
     _as_values,
     bootstrap_ci,
 )
-from ppgen.inference.likelihood import LN2, Evaluation, evaluate
+from ppgen.inference.likelihood import LN2, BoundCheck, Evaluation, check_bound, evaluate
 from ppgen.models.base import AbstractGenerativeModel
 
 
@@ -43,8 +43,15 @@ class Comparison:
         bits_per_dim_difference: ``mean_difference / (D ln 2)`` (> 0: A is better).
         t_statistic: the paired t statistic; ``p_value`` its two-sided p-value (N - 1 dof).
         wilcoxon_p_value: the two-sided Wilcoxon signed-rank p-value (no normality assumed).
-        mixed_kinds: True when the kinds differ (only with ``allow_mixed_kinds=True``).
+        mixed_kinds: True when the kinds differ (only with ``allow_mixed_kinds=True``, or a
+            bound against an exact value of the same model).
         note: what the difference means given the kinds.
+        mc_stderr: the Monte Carlo standard error of ``mean_difference`` (the two estimators'
+            own noise, independent of the spread over examples; 0 for two exact values, None
+            when either was not measured).
+        bound_check: for a lower bound against an exact value of the *same* model, whether the
+            bound lands on the wrong side of it beyond its Monte Carlo error
+            (:func:`~ppgen.inference.likelihood.check_bound`); None otherwise.
     """
 
     name_a: str
@@ -62,11 +69,14 @@ class Comparison:
     wilcoxon_p_value: float
     mixed_kinds: bool
     note: str
+    mc_stderr: float | None = None
+    bound_check: BoundCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         out = dataclasses.asdict(self)
         out["ci"] = self.ci.to_dict()
+        out["bound_check"] = None if self.bound_check is None else self.bound_check.to_dict()
         return out
 
     def __str__(self) -> str:
@@ -76,7 +86,7 @@ class Comparison:
             f"paired comparison on {self.num_examples} examples: {self.name_a} ({self.kind_a}) "
             f"vs {self.name_b} ({self.kind_b})",
             f"  mean log p_a - log p_b = {self.mean_difference:.4f} ± {self.stderr:.4f} nats "
-            f"({self.bits_per_dim_difference:+.5f} bits/dim)",
+            f"({self.bits_per_dim_difference:+.5f} bits/dim)" + _mc(self.mc_stderr),
             f"  {c.level:.0%} {c.method} bootstrap CI [{c.low:.4f}, {c.high:.4f}] nats",
             f"  paired t = {self.t_statistic:.3f}, p {_p(self.p_value)}; Wilcoxon signed-rank "
             f"p {_p(self.wilcoxon_p_value)}",
@@ -84,9 +94,20 @@ class Comparison:
             + ("" if self.p_value < 1 - c.level else " (not significant at this level)"),
             f"  note: {self.note}",
         ]
-        if self.mixed_kinds:
+        if self.mixed_kinds and self.bound_check is None:
             lines.insert(1, "  WARNING: mixed kinds were compared on request (see note)")
+        if self.bound_check is not None:
+            prefix = "  WARNING: " if self.bound_check.wrong_side else "  same model: "
+            lines.append(prefix + str(self.bound_check))
         return "\n".join(lines)
+
+
+def _mc(mc_stderr: float | None) -> str:
+    if mc_stderr is None:
+        return "; Monte Carlo error not measured"
+    if mc_stderr == 0.0:
+        return ""
+    return f"; Monte Carlo ± {mc_stderr:.4f} nats"
 
 
 def _p(p: float) -> str:
@@ -134,6 +155,7 @@ def compare(
     num_bootstrap: int = 2000,
     seed: int = 0,
     names: tuple[str, str] | None = None,
+    same_model: bool = False,
     **options: Any,
 ) -> Comparison:
     r"""Paired comparison of two models on the same data: mean difference, CI and tests.
@@ -148,6 +170,12 @@ def compare(
     are refused with a :class:`MixedKindsError` unless ``allow_mixed_kinds=True``; the result
     then says so (``mixed_kinds``, ``note``, and a warning line in its text).
 
+    When A and B are the same model (``same_model=True``, e.g. two Evaluations of one model),
+    one scored exactly and one by a lower bound (say an ELBO against the exact log p), the
+    bound must not land above the exact value: the result's ``bound_check`` says whether it
+    does beyond the bound's Monte Carlo error (a fault) or within it (noise), and a wrong side
+    is printed as a warning. Such a pair is compared without ``allow_mixed_kinds``.
+
     Arguments:
         model_a: a ppgen model, or an ``Evaluation`` already computed on ``data``.
         model_b: likewise.
@@ -158,6 +186,7 @@ def compare(
         num_bootstrap: bootstrap resamples.
         seed: seeds the evaluation (stochastic estimators) and the bootstrap.
         names: labels for A and B (default: their class names).
+        same_model: A and B are one model scored two ways (enables ``bound_check``).
         **options: estimator options for :func:`ppgen.evaluate` (e.g. ``num_particles``).
 
     Returns:
@@ -197,7 +226,8 @@ def compare(
     if ev_a.num_dims != ev_b.num_dims:
         raise ValueError(f"the models score data of {ev_a.num_dims} and {ev_b.num_dims} dims")
     mixed = ev_a.kind != ev_b.kind
-    if mixed and not allow_mixed_kinds:
+    bound_vs_exact = same_model and {ev_a.kind, ev_b.kind} == {"exact", "lower_bound"}
+    if mixed and not allow_mixed_kinds and not bound_vs_exact:
         raise MixedKindsError(
             f"model A's values are {ev_a.kind!r} ({ev_a.estimator}) but model B's are "
             f"{ev_b.kind!r} ({ev_b.estimator}): their difference is not a difference of "
@@ -218,6 +248,16 @@ def compare(
         p_t = float(2 * stats.t.sf(abs(t_stat), df=n - 1))
     nonzero = d[d != 0].numpy()
     p_w = float(stats.wilcoxon(nonzero).pvalue) if nonzero.size > 0 else 1.0
+    mc = None if ev_a.mc_stderr is None or ev_b.mc_stderr is None else math.hypot(
+        ev_a.mc_stderr, ev_b.mc_stderr)
+    check, note = None, _kind_note(ev_a.kind, ev_b.kind)
+    if bound_vs_exact:
+        bound, exact = (ev_a, ev_b) if ev_a.kind == "lower_bound" else (ev_b, ev_a)
+        check = check_bound(bound, exact)
+        note = (
+            "one model, scored by a lower bound and exactly: the difference is the bound's gap "
+            "(bound - exact <= 0, up to the bound's Monte Carlo error)"
+        )
     name_a, name_b = names or (_name(model_a, "A"), _name(model_b, "B"))
     if name_a == name_b and names is None:
         name_a, name_b = f"A ({name_a})", f"B ({name_b})"
@@ -236,5 +276,8 @@ def compare(
         p_value=p_t,
         wilcoxon_p_value=p_w,
         mixed_kinds=mixed,
-        note=_kind_note(ev_a.kind, ev_b.kind),
+        note=note,
+        mc_stderr=mc,
+        bound_check=check,
     )
+

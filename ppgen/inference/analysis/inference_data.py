@@ -72,7 +72,8 @@ def to_inference_data(
         if isinstance(model, AbstractGenerativeModel):
             if data is None:
                 raise ValueError(f"pass data to evaluate {name!r} on")
-            ev = evaluate(model, data, estimator=estimator, seed=seed, **options)
+            ev = evaluate(model, data, estimator=estimator, seed=seed,
+                          **{"mc_examples": 0, **options})  # per-example values only
             values, kinds[name], estimators[name] = ev.per_example, ev.kind, ev.estimator
         elif isinstance(model, Evaluation):
             values, kinds[name], estimators[name] = model.per_example, model.kind, model.estimator
