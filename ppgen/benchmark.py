@@ -298,8 +298,9 @@ def _measure(
     sample_s = _timed(lambda: model.sample(num_samples, seed=seed), repeats=1)
     reps = math.ceil(num_score / len(test))
     x_score = test.data.repeat(reps, *([1] * len(test.event_shape)))[:num_score]
+    # the cost of a score, without the Monte Carlo error's second pass (reported in the row)
     score_s = _timed(
-        lambda: evaluate(model, x_score, seed=seed, **ev_options), repeats=1
+        lambda: evaluate(model, x_score, seed=seed, mc_examples=0, **ev_options), repeats=1
     )
     quality = _quality(samples, test, seed)
     if density_grid and _two_d(test):
@@ -339,7 +340,7 @@ def _density_figure(
     from ppgen.plots import density_heatmap
 
     def log_prob(x: Tensor) -> Tensor:
-        return evaluate(model, x, seed=seed, **ev_options).per_example
+        return evaluate(model, x, seed=seed, mc_examples=0, **ev_options).per_example
 
     density_heatmap(log_prob, data=test.data, path=path, true_log_prob=test.true_log_prob,
                     size=size, title=f"{name} ({kind})")

@@ -192,7 +192,7 @@ def _as_log_prob(density: Any) -> tuple[Callable[[Tensor], Tensor], str, list[st
         param = next(density.parameters(), None)
 
         def log_prob(x: Tensor) -> Tensor:
-            ev = evaluate(density, x if param is None else x.to(param.dtype))
+            ev = evaluate(density, x if param is None else x.to(param.dtype), mc_examples=0)
             kinds.append(ev.kind)
             return ev.per_example
 
