@@ -294,7 +294,7 @@ def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from ppgen.inference import posterior
+    from ppgen import reports
 
     model, run_config = _load_run(args.run, args.trust_code)
     name = args.data or run_config.get("data")
@@ -302,7 +302,7 @@ def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ValueError("pass --data")
     data = load_data(name, args.split)
     out = Path(args.out or (Path(args.run) if Path(args.run).is_dir() else Path(".")))
-    posterior.inspect(
+    reports.inspect_report(
         model, data, out=out, num_points=args.num_points, seed=args.seed, method=args.method
     )
     return 0

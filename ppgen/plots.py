@@ -1,11 +1,17 @@
-"""Figures: training curves and sample grids (matplotlib, Agg backend; nothing is shown).
+"""Figures from numbers: training curves, sample grids, analysis and latent plots (matplotlib,
+Agg backend; nothing is shown).
 
-Every function returns the ``Figure`` and, given ``path``, writes a PNG there.
+Every function takes tensors, arrays, records or results (an ``HDRCoverage``, a ``History``),
+never a model: nothing here scores anything. Reports that score a model and draw the result
+(``density_heatmap`` of a model, ``inspect_report``) live in :mod:`ppgen.reports`. Every function
+returns the ``Figure`` and, given ``path``, writes a PNG there.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "density_bounds",
+    "density_grid",
     "density_heatmap",
     "hdr_calibration",
     "latent_grid",
@@ -20,6 +26,8 @@ __all__ = [
 
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,16 +46,33 @@ def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def training_curve(history: Any, path: str | os.PathLike | None = None) -> Figure:
-    """Training loss (and validation loss when recorded) against step."""
+def _records(history: Any) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """The train and validation records of a ``History`` or of its ``to_dict()`` mapping."""
+    if isinstance(history, Mapping):
+        return list(history.get("train", [])), list(history.get("val", []))
+    return list(history.train), list(history.val)
+
+
+def training_curve(
+    history: Any | Mapping[str, Any], path: str | os.PathLike | None = None
+) -> Figure:
+    """Training loss (and validation loss when recorded) against step.
+
+    Arguments:
+        history: the ``History`` that ``ppgen.fit`` returned, or its ``to_dict()`` (the
+            contents of a run's ``history.json``): only its ``train`` and ``val`` records are
+            read.
+        path: where to write the PNG.
+    """
+    train, val = _records(history)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history.train:
-        steps = [r["step"] for r in history.train]
-        keys = sorted({k for r in history.train for k in r if k.startswith("loss")})
+    if train:
+        steps = [r["step"] for r in train]
+        keys = sorted({k for r in train for k in r if k.startswith("loss")})
         for k in keys:
-            ax.plot(steps, [r.get(k, math.nan) for r in history.train], label=f"train {k}", lw=1)
-    if history.val:
-        ax.plot([r["step"] for r in history.val], [r["val_loss"] for r in history.val],
+            ax.plot(steps, [r.get(k, math.nan) for r in train], label=f"train {k}", lw=1)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val],
                 "o-", ms=3, label="validation", lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per example)")
@@ -165,9 +190,29 @@ def pit_histogram(
     return _finish(fig, path)
 
 
-def _grid_log_density(
-    log_prob: Callable[[Tensor], Tensor], bounds: tuple[float, float, float, float], size: int
-) -> tuple[Tensor, Tensor, Tensor]:
+Bounds = tuple[float, float, float, float]
+
+
+def density_bounds(data: Tensor | None) -> Bounds:
+    """``(xmin, xmax, ymin, ymax)`` of 2-D points plus a 10% margin; ``(-3, 3, -3, 3)`` without
+    data. The default window of :func:`density_heatmap`."""
+    if data is None:
+        return (-3.0, 3.0, -3.0, 3.0)
+    lo, hi = data.min(0).values, data.max(0).values
+    pad = 0.1 * (hi - lo)
+    return (
+        float(lo[0] - pad[0]),
+        float(hi[0] + pad[0]),
+        float(lo[1] - pad[1]),
+        float(hi[1] + pad[1]),
+    )
+
+
+def density_grid(log_prob: Callable[[Tensor], Tensor], bounds: Bounds, size: int) -> Tensor:
+    """``log_prob`` on a ``size`` x ``size`` grid over ``bounds`` (rows: y, columns: x), float64.
+
+    The grid's end points are the outer cell centres; points are scored in chunks of 8192.
+    """
     import torch
 
     x0, x1, y0, y1 = bounds
@@ -177,77 +222,75 @@ def _grid_log_density(
     points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)  # (size^2, 2)
     with torch.no_grad():
         lp = torch.cat([log_prob(chunk).detach().double().cpu() for chunk in points.split(8192)])
-    return xs, ys, lp.reshape(size, size)
+    return lp.reshape(size, size)
 
 
-def _as_log_prob(density: Any) -> tuple[Callable[[Tensor], Tensor], str, list[str]]:
-    """A model (scored by ``ppgen.evaluate``; the kinds it reports are collected) or a function
-    of log-densities; returns the function, a name and the list the kinds go to."""
-    from ppgen.models.base import AbstractGenerativeModel
-
-    kinds: list[str] = []
-    if isinstance(density, AbstractGenerativeModel):
-        from ppgen.inference.likelihood import evaluate
-
-        param = next(density.parameters(), None)
-
-        def log_prob(x: Tensor) -> Tensor:
-            ev = evaluate(density, x if param is None else x.to(param.dtype), mc_examples=0)
-            kinds.append(ev.kind)
-            return ev.per_example
-
-        return log_prob, type(density).__name__, kinds
-    return density, getattr(density, "__name__", "density"), kinds
+def _is_model(density: Any) -> bool:
+    """Whether ``density`` is a ppgen model, without importing the models (a model instance
+    exists only once ``ppgen.models.base`` has been imported)."""
+    base = sys.modules.get("ppgen.models.base")
+    return base is not None and isinstance(density, base.AbstractGenerativeModel)
 
 
 def density_heatmap(
-    density: Any,
+    density: Callable[[Tensor], Tensor] | Tensor,
     data: Tensor | None = None,
     path: str | os.PathLike | None = None,
     true_log_prob: Callable[[Tensor], Tensor] | None = None,
-    bounds: tuple[float, float, float, float] | None = None,
+    bounds: Bounds | None = None,
     size: int = 200,
     title: str | None = None,
     max_points: int = 2000,
 ) -> Figure:
     """A 2-D density as a heat map with the data overlaid, and beside it the true density.
 
+    To draw a ppgen model, use :func:`ppgen.reports.density_heatmap`: it scores the model with
+    ``ppgen.evaluate`` and names the kind of score (exact, bound, estimate) in the title.
+    Passing a model here still works but is deprecated (it forwards there with a
+    ``DeprecationWarning``).
+
     Arguments:
-        density: a ppgen model on 2-D data (scored with ``ppgen.evaluate``: exact density, or
-            the bound/estimate its estimator gives, named in the title) or a function
-            ``(N, 2) -> (N,)`` of log-densities.
+        density: a function ``(N, 2) -> (N,)`` of log-densities, or its values already on the
+            grid: a ``(size, size)`` tensor as :func:`density_grid` returns for ``bounds``.
         data: points ``(N, 2)`` drawn as a light scatter over the map (at most ``max_points``).
         path: where to write the PNG.
         true_log_prob: the data's true log-density (toy datasets carry it): drawn beside.
-        bounds: ``(xmin, xmax, ymin, ymax)``; default: the data's range plus a margin.
+        bounds: ``(xmin, xmax, ymin, ymax)``; default: :func:`density_bounds` of the data.
         size: grid points per axis.
-        title: the title of the learned panel.
+        title: the title of the learned panel (default: ``"learned: <function name>"``).
         max_points: the most data points drawn.
     """
+    if _is_model(density):
+        warnings.warn(
+            "ppgen.plots.density_heatmap(model, ...) is deprecated: plots draw numbers; use "
+            "ppgen.reports.density_heatmap(model, ...), which scores the model and draws",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from ppgen import reports  # the shim only: plots itself never scores a model
+
+        return reports.density_heatmap(density, data, path, true_log_prob=true_log_prob,
+                                       bounds=bounds, size=size, title=title,
+                                       max_points=max_points)
     if bounds is None:
-        if data is None:
-            bounds = (-3.0, 3.0, -3.0, 3.0)
-        else:
-            lo, hi = data.min(0).values, data.max(0).values
-            pad = 0.1 * (hi - lo)
-            bounds = (
-                float(lo[0] - pad[0]),
-                float(hi[0] + pad[0]),
-                float(lo[1] - pad[1]),
-                float(hi[1] + pad[1]),
-            )
-    log_prob, name, kinds = _as_log_prob(density)
-    panels = [(title, log_prob)]
+        bounds = density_bounds(data)
+    if isinstance(density, Tensor):
+        if tuple(density.shape) != (size, size):
+            raise ValueError(f"density: a grid of log-densities must have shape ({size}, {size})"
+                             f" (size), got {tuple(density.shape)}")
+        learned = density.detach().double().cpu()
+        default_title = "learned"
+    else:
+        learned = density_grid(density, bounds, size)
+        default_title = f"learned: {getattr(density, '__name__', 'density')}"
+    panels = [(default_title if title is None else title, learned)]
     if true_log_prob is not None:
-        panels.append(("true density", true_log_prob))
+        panels.append(("true density", density_grid(true_log_prob, bounds, size)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for i, (ax, (label, fn)) in enumerate(zip(axes[0], panels, strict=True)):
-        _, _, lp = _grid_log_density(fn, bounds, size)
-        if i == 0 and label is None:
-            label = f"learned: {name}" + (f" ({kinds[-1]})" if kinds else "")
-        # the grid's values sit at cell centres: the linspace end points are the outer centres
-        dx, dy = (bounds[1] - bounds[0]) / (size - 1), (bounds[3] - bounds[2]) / (size - 1)
-        extent = (bounds[0] - dx / 2, bounds[1] + dx / 2, bounds[2] - dy / 2, bounds[3] + dy / 2)
+    # the grid's values sit at cell centres: the linspace end points are the outer centres
+    dx, dy = (bounds[1] - bounds[0]) / (size - 1), (bounds[3] - bounds[2]) / (size - 1)
+    extent = (bounds[0] - dx / 2, bounds[1] + dx / 2, bounds[2] - dy / 2, bounds[3] + dy / 2)
+    for ax, (label, lp) in zip(axes[0], panels, strict=True):
         ax.imshow(lp.exp().numpy(), origin="lower", extent=extent, cmap="magma", aspect="auto")
         if data is not None:
             pts = data.detach().float().cpu()[:max_points].numpy()
@@ -332,7 +375,7 @@ def _draw_mosaic(ax: Any, imgs: Tensor, ncol: int, nrow: int, vmax: float) -> No
         ax.imshow(canvas, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
 
 
-# ---- posteriors and latents (ppgen.inference.posterior.inspect) -------------------------------
+# ---- posteriors and latents (ppgen.reports.inspect_report) ------------------------------------
 
 
 def posterior_pair(
@@ -471,7 +514,7 @@ def training_curves(
 
     Arguments:
         histories: run name -> the :class:`~ppgen.inference.trainer.History` that ``fit``
-            returned (anything with ``train`` and ``val`` record lists).
+            returned (anything with ``train`` and ``val`` record lists) or its ``to_dict()``.
         path: where to write the PNG.
         ncol: panels per row.
 
@@ -479,10 +522,9 @@ def training_curves(
         The figure, with one axes per run.
 
     Example:
-        >>> from ppgen.inference.trainer import History
-        >>> h = History(train=[{"step": 1, "loss": 3.0, "time": 0.1},
-        ...                    {"step": 2, "loss": 2.0, "time": 0.2}],
-        ...             val=[{"step": 2, "val_loss": 2.5}])
+        >>> h = {"train": [{"step": 1, "loss": 3.0, "time": 0.1},
+        ...                {"step": 2, "loss": 2.0, "time": 0.2}],
+        ...      "val": [{"step": 2, "val_loss": 2.5}]}  # a History, or its to_dict()
         >>> fig = training_curves({"made": h, "vae": h})
         >>> len(fig.axes)
         2
@@ -495,16 +537,16 @@ def training_curves(
     nrow = int(math.ceil(len(names) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        history = histories[name]
-        if history.train:
-            steps = [r["step"] for r in history.train]
-            keys = sorted({k for r in history.train for k in r if k.startswith("loss")})
+        train, val = _records(histories[name])
+        if train:
+            steps = [r["step"] for r in train]
+            keys = sorted({k for r in train for k in r if k.startswith("loss")})
             marker = "." if len(steps) < 30 else None  # a short run: show every point
             for k in keys:
-                ax.plot(steps, [r.get(k, math.nan) for r in history.train], lw=1,
+                ax.plot(steps, [r.get(k, math.nan) for r in train], lw=1,
                         marker=marker, label=f"train {k}")
-        if history.val:
-            ax.plot([r["step"] for r in history.val], [r["val_loss"] for r in history.val],
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val],
                     "o-", ms=2, lw=1, label="validation")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)

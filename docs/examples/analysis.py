@@ -14,7 +14,7 @@ import torch
 from torch.distributions import constraints
 
 import ppgen
-from ppgen import plots
+from ppgen import plots, reports
 
 TINY = os.environ.get("PPGEN_TINY") == "1"  # CI runs every example with tiny settings
 STEPS = 10 if TINY else 1500
@@ -60,7 +60,7 @@ for name, r in hdr.items():
     print(f"{name}: max |coverage - alpha| = {r.max_deviation:.3f}, KS p = {r.p_value:.2g}")
 plots.hdr_calibration(hdr, "hdr_calibration.png")
 for name, m in (("independent", independent), ("mixture", mixture)):
-    plots.density_heatmap(
+    reports.density_heatmap(
         m, test.data, f"density_{name}.png", true_log_prob=test.true_log_prob, size=GRID
     )
 

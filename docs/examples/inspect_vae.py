@@ -9,7 +9,8 @@ import os
 import arviz as az
 
 import ppgen
-from ppgen.inference.posterior import amortization_gap, inspect
+from ppgen.inference.posterior import amortization_gap
+from ppgen.reports import inspect_report
 
 TINY = os.environ.get("PPGEN_TINY") == "1"  # CI runs every example with tiny settings
 
@@ -40,7 +41,7 @@ print(gap.table())
 print(gap)
 
 # 4. everything `ppgen inspect` does, with its figures in ./inspect-vae
-report = inspect(m, test, out="inspect-vae", num_points=2 if TINY else 4,
-                 method="guide" if TINY else "nuts", num_samples=draws,
-                 gap_steps=10 if TINY else 300, verbose=False)
+report = inspect_report(m, test, out="inspect-vae", num_points=2 if TINY else 4,
+                        method="guide" if TINY else "nuts", num_samples=draws,
+                        gap_steps=10 if TINY else 300, verbose=False)
 print("figures:", ", ".join(str(f) for f in report.files))

@@ -16,17 +16,18 @@ project's ``arviz<1``) with one small builder per group: ``posterior`` (each lat
 (log p(x_i | z), dims ``(chain, draw, example)``) and ``observed_data``.
 
 :func:`amortization_gap` splits log p(x) - ELBO into the approximation and amortization gaps of
-Cremer et al. (2018), per example. :func:`inspect` backs ``ppgen inspect``.
+Cremer et al. (2018), per example. :func:`inspect_latents` computes the numbers behind
+``ppgen inspect``; :func:`ppgen.reports.inspect_report` draws and prints them.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AmortizationGap",
-    "InspectReport",
+    "LatentInspection",
     "amortization_gap",
     "decode_mean",
-    "inspect",
+    "inspect_latents",
     "latent_sites",
     "posterior",
 ]
@@ -36,7 +37,6 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -604,7 +604,7 @@ def _mean_log_weight(
     return mean.to(dtype), var / k
 
 
-# ---- decoding and inspection ------------------------------------------------------------------
+# ---- decoding and inspection (the numbers; ppgen.reports draws them) ----------------------------
 
 
 def decode_mean(
@@ -637,26 +637,52 @@ def decode_mean(
 
 
 @dataclasses.dataclass
-class InspectReport:
-    """What :func:`inspect` computed and wrote.
+class LatentInspection:
+    """The numbers behind ``ppgen inspect`` (:func:`inspect_latents`); drawn and printed by
+    :func:`ppgen.reports.inspect_report`.
 
     Attributes:
+        indices: the inspected examples' indices in the data, ``(P,)``, sorted.
+        method: ``"nuts"`` or ``"guide"``.
+        sites: the latent site names.
         summary: ``az.summary`` of the posterior (a pandas DataFrame) with ESS and R-hat.
         posterior: the ``InferenceData`` of the inspected points.
+        pair: label (``method``, and ``"guide"`` beside NUTS where the model has one) -> the
+            first example's posterior draws ``(S, D)``, every site's coordinates side by side.
+        dim_names: the D coordinate names of ``pair`` (``"z[0]"``...).
         gap: the per-example amortization gap, for models with a guide.
-        files: the figures written.
+        codes: ``E_q[z | x]`` of every example ``(N, 2)`` (one 2-D latent site and a guide),
+            else None.
+        code_site: the site ``codes`` are of.
+        labels: the data's labels ``(N,)`` (colouring ``codes``), or None.
+        traversals: decoded means ``(R, steps, *event_shape)``: one row per latent coordinate,
+            swept from its prior 5% to 95% quantile around the first example's posterior mean.
+        traversal_labels: the R row names.
+        interpolations: decoded means between consecutive examples' posterior means
+            ``(P - 1, steps, *event_shape)``, None for one example.
+        interpolation_labels: their row names (``"0->1"``...).
     """
 
+    indices: Tensor
+    method: str
+    sites: list[str]
     summary: Any
     posterior: Any
+    pair: dict[str, np.ndarray]
+    dim_names: list[str]
     gap: AmortizationGap | None
-    files: list[Path]
+    codes: np.ndarray | None
+    code_site: str | None
+    labels: np.ndarray | None
+    traversals: Tensor
+    traversal_labels: list[str]
+    interpolations: Tensor | None
+    interpolation_labels: list[str]
 
 
-def inspect(
+def inspect_latents(
     model: AbstractGenerativeModel,
     data: Dataset,
-    out: str | Path = ".",
     num_points: int = 4,
     seed: int = 0,
     method: Method = "nuts",
@@ -665,21 +691,20 @@ def inspect(
     num_chains: int = 2,
     observation_scale: float | None = None,
     gap_steps: int = 300,
-    verbose: bool = True,
-) -> InspectReport:
-    """Look inside a latent-variable model: what ``ppgen inspect RUN --data NAME`` does.
+) -> LatentInspection:
+    """Look inside a latent-variable model, in numbers: what ``ppgen inspect`` computes.
 
     For ``num_points`` examples of ``data``: the posterior (``method``) with ``az.summary``
-    (mean, sd, HDI, MCSE, bulk/tail ESS, R-hat) printed, a pair plot of the posterior (NUTS draws
-    against the guide's where both exist) and, for models with a guide, the per-example
-    amortization gap. Over the whole split: a latent-space scatter coloured by label (2-D
-    latents), latent traversals (each latent dimension swept from its prior 5% to 95% quantile
-    around an example's posterior mean) and interpolations between examples, as PNG grids.
+    (mean, sd, HDI, MCSE, bulk/tail ESS, R-hat), the first example's draws (NUTS against the
+    guide's where both exist) and, for models with a guide, the per-example amortization gap.
+    Over the whole split: the guide's posterior means (2-D latents), latent traversals (each
+    latent dimension swept from its prior 5% to 95% quantile around an example's posterior
+    mean) and interpolations between examples, decoded. :func:`ppgen.reports.inspect_report`
+    draws and prints them.
 
     Arguments:
         model: a model with latent sites.
-        data: a Dataset (its labels colour the scatter and condition a conditional model).
-        out: the directory for the figures.
+        data: a Dataset (its labels colour the codes and condition a conditional model).
         num_points: examples inspected.
         seed: seeds the choice of examples and every draw.
         method: ``"nuts"`` or ``"guide"``.
@@ -687,16 +712,11 @@ def inspect(
         num_chains: chains.
         observation_scale: for implicit models (see :func:`posterior`).
         gap_steps: Adam steps fitting the per-example q* of :func:`amortization_gap`.
-        verbose: print the summary and gaps.
 
     Returns:
-        An :class:`InspectReport`.
+        A :class:`LatentInspection`.
     """
-    from ppgen import plots
-
     az = _arviz()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[: min(num_points, len(data))].sort().values
     x_all, c_all = _as_batch(model, data, None)
@@ -710,8 +730,7 @@ def inspect(
     idata = posterior(model, x, method, num_samples, num_chains, seed, context=c,
                       observation_scale=observation_scale)
     summary = az.summary(idata, var_names=names)
-    files: list[Path] = []
-    # 1. pair plot: the first example's posterior, NUTS beside the guide where both exist
+    # 1. the first example's posterior, NUTS beside the guide where both exist
     sets = {method: {nm: idata.posterior[nm].values[:, :, 0] for nm in names}}
     if method == "nuts" and has_guide:
         guide = posterior(model, x, "guide", num_samples, num_chains, seed, context=c)
@@ -722,39 +741,32 @@ def inspect(
     }
     dim_names = [f"{nm}[{i}]" for nm in names for i in range(int(np.prod(
         idata.posterior[nm].values.shape[3:])))]
-    files.append(out / "posterior_pair.png")
-    plots.posterior_pair(flat, dim_names, path=files[-1],
-                         title=f"p(z | x) of example {int(idx[0])}")
     # 2. the amortization gap per example
     gap = amortization_gap(model, x, c, seed=seed, steps=gap_steps) if has_guide else None
     # 3. codes of the whole split: one guide draw mean per example (guide) for the scatter
     latent_dims = {nm: math.prod(idata.posterior[nm].values.shape[3:]) for nm in names}
+    codes, code_site = None, None
     if has_guide and len(names) == 1 and latent_dims[names[0]] == 2:
-        nm = names[0]
-        codes = posterior(model, x_all, "guide", 8, 1, seed, context=c_all).posterior[nm].values
-        files.append(out / "latent_scatter.png")
-        plots.latent_scatter(codes.mean(axis=(0, 1)).reshape(len(x_all), 2),
-                             None if data.labels is None else data.labels.numpy(),
-                             path=files[-1], title=f"E_q[{nm} | x], coloured by label")
+        code_site = names[0]
+        draws = posterior(model, x_all, "guide", 8, 1, seed, context=c_all).posterior
+        codes = draws[code_site].values.mean(axis=(0, 1)).reshape(len(x_all), 2)
     # 4. traversals and interpolations around the inspected examples' posterior means
-    files += _traversals(model, idata, names, x, c, out, seed)
-    if verbose:
-        print(f"posterior of {len(idx)} examples ({method}): indices {idx.tolist()}")
-        print(summary.to_string())
-        if gap is not None:
-            print(gap.table())
-            print(gap)
-        for f in files:
-            print(f"wrote {f}")
-    return InspectReport(summary, idata, gap, files)
+    rows, row_labels, between, between_labels = _traversals(model, idata, names, x, c, seed)
+    return LatentInspection(
+        indices=idx, method=method, sites=names, summary=summary, posterior=idata, pair=flat,
+        dim_names=dim_names, gap=gap, codes=codes, code_site=code_site,
+        labels=None if data.labels is None else data.labels.numpy(),
+        traversals=rows, traversal_labels=row_labels, interpolations=between,
+        interpolation_labels=between_labels,
+    )
 
 
 def _traversals(
     model: AbstractGenerativeModel, idata: Any, names: list[str], x: Tensor,
-    context: Tensor | None, out: Path, seed: int, steps: int = 9, max_dims: int = 8,
-) -> list[Path]:
-    from ppgen import plots
-
+    context: Tensor | None, seed: int, steps: int = 9, max_dims: int = 8,
+) -> tuple[Tensor, list[str], Tensor | None, list[str]]:
+    """Decoded traversals of example 0 (one row per latent coordinate) and interpolations
+    between consecutive examples, around their posterior means."""
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else x.dtype
     means = {nm: torch.as_tensor(idata.posterior[nm].values.mean(axis=(0, 1)), dtype=dtype,
@@ -770,7 +782,6 @@ def _traversals(
     prior = {nm: tr.nodes[nm]["value"].reshape(512, -1) for nm in names}
     lo = {nm: torch.quantile(p.double(), 0.05, dim=0).to(dtype) for nm, p in prior.items()}
     hi = {nm: torch.quantile(p.double(), 0.95, dim=0).to(dtype) for nm, p in prior.items()}
-    files = []
     # traversals of example 0: one row per latent coordinate
     rows, labels = [], []
     for nm in names:
@@ -785,12 +796,10 @@ def _traversals(
             shaped = {k: v.reshape(steps, *means[k].shape[1:]) for k, v in latents.items()}
             rows.append(decode_mean(model, shaped, c0).cpu())
             labels.append(f"{nm}[{d}]")
-    files.append(out / "traversals.png")
-    plots.latent_grid(torch.stack(rows), path=files[-1], levels=model.config.levels,
-                      row_labels=labels, title="latent traversals (prior 5%-95% quantiles)")
     # interpolations between consecutive inspected examples
+    between, between_labels = None, []
     if x.shape[0] >= 2:
-        rows, labels = [], []
+        inter = []
         t = torch.linspace(0, 1, steps, dtype=dtype, device=x.device)
         for i in range(x.shape[0] - 1):
             latents = {
@@ -800,11 +809,23 @@ def _traversals(
                 for nm in names
             }
             ci = None if context is None else context[i : i + 1]
-            rows.append(decode_mean(model, latents, ci).cpu())
-            labels.append(f"{i}->{i + 1}")
-        files.append(out / "interpolations.png")
-        plots.latent_grid(torch.stack(rows), path=files[-1], levels=model.config.levels,
-                          row_labels=labels, title="interpolations between posterior means")
-    return files
+            inter.append(decode_mean(model, latents, ci).cpu())
+            between_labels.append(f"{i}->{i + 1}")
+        between = torch.stack(inter)
+    return torch.stack(rows), labels, between, between_labels
 
 
+def __getattr__(name: str) -> Any:
+    """``inspect`` and ``InspectReport`` moved to :mod:`ppgen.reports` (a report draws, and
+    inference never draws): the old names still resolve, with a ``DeprecationWarning``."""
+    moved = {"inspect": "inspect_report", "InspectReport": "InspectReport"}
+    if name in moved:
+        warnings.warn(
+            f"ppgen.inference.posterior.{name} is deprecated: use ppgen.reports.{moved[name]}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        import importlib
+
+        return getattr(importlib.import_module("ppgen.reports"), moved[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

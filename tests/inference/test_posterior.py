@@ -1,5 +1,5 @@
 """Posteriors into ArviZ: groups and dims, NUTS against pPCA's analytic posterior (also through
-an implicit generator), the amortization gap against its closed form, and `inspect`.
+an implicit generator), the amortization gap against its closed form, and `inspect_report`.
 
 NUTS checks compare the posterior mean with its Monte Carlo standard error from ArviZ's ESS; a
 bound of 5 MCSE has a false-alarm rate below 1e-6 per coordinate (normal approximation).
@@ -13,7 +13,8 @@ import torch
 from ppca import PPCA
 
 import ppgen
-from ppgen.inference.posterior import _arviz, amortization_gap, decode_mean, inspect
+from ppgen.inference.posterior import _arviz, amortization_gap, decode_mean
+from ppgen.reports import inspect_report
 
 
 def test_guide_posterior_groups_and_dims():
@@ -103,8 +104,8 @@ def test_inspect_writes_its_report(method, tmp_path, capsys):
     ds = ppgen.datasets.load("digits", "val").subset(60)
     m = ppgen.build("vae", ds, latent=2, hidden=[16])
     ppgen.fit(m, ds, steps=5, batch_size=30, progress=False)
-    report = inspect(m, ds, out=tmp_path, num_points=2, seed=0, method=method,
-                     num_samples=30, num_chains=2, gap_steps=30)
+    report = inspect_report(m, ds, out=tmp_path, num_points=2, seed=0, method=method,
+                            num_samples=30, num_chains=2, gap_steps=30)
     printed = capsys.readouterr().out
     assert "r_hat" in printed and "ess_bulk" in printed and "amortization" in printed
     names = {f.name for f in report.files}
