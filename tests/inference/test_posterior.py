@@ -187,3 +187,18 @@ def test_amortization_gap_reports_its_mc_error_and_reads_a_negative_gap_against_
     bare = AmortizationGap(zeros, zeros + 0.01, zeros)
     assert bare.mc_stderr("amortization") is None and bare.flags()[0].startswith("WARNING")
     assert " ± " not in str(bare)
+
+
+def test_inspect_old_names_still_resolve_with_a_deprecation_warning():
+    """``inspect`` moved to ``ppgen.reports.inspect_report`` (inference never draws); the old
+    name, documented before, still resolves."""
+    import ppgen.inference.posterior as post
+    from ppgen import reports
+
+    with pytest.warns(DeprecationWarning, match="ppgen.reports.inspect_report"):
+        from ppgen.inference.posterior import inspect
+    assert inspect is reports.inspect_report
+    with pytest.warns(DeprecationWarning, match="InspectReport"):
+        assert post.InspectReport is reports.InspectReport
+    with pytest.raises(AttributeError):
+        post.no_such_name  # noqa: B018
