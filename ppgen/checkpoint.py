@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ppgen.models import family_name, get
-from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.base import MAX_PARAMETERS, AbstractGenerativeModel
 
 MAGIC = b"PPGEN-CHECKPOINT-1\n"
 _HEADER = len(MAGIC) + 32 + 8
@@ -218,11 +218,14 @@ def model_from_payload(
     model_class: type[AbstractGenerativeModel] | None = None,
     trust_import: bool = False,
     source: str = "checkpoint",
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> AbstractGenerativeModel:
-    """Rebuild the architecture from the recorded config, then load the weights strictly."""
+    """Rebuild the architecture from the recorded config (refused past ``max_parameters``
+    values before anything is allocated), then load the weights strictly."""
     cls = _resolve_class(payload["family"], model_class, trust_import)
     try:
         config = cls.Config.from_dict(payload["config"])
+        cls.check_size(config, max_parameters)
         model = cls(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(
@@ -280,6 +283,7 @@ def load(
     model_class: type[AbstractGenerativeModel] | None = None,
     map_location: Any = "cpu",
     trust_import: bool = False,
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> AbstractGenerativeModel:
     """Load a model saved by :func:`save` or written by ``ppgen fit`` (its weights; for a run's
     checkpoint, the EMA weights when training used EMA).
@@ -289,6 +293,7 @@ def load(
         model_class: the class of a user-defined model (built-in families are found by name).
         map_location: where tensors go (``"cpu"``, ``"cuda"``...).
         trust_import: import a user-defined class by the module path recorded in the file.
+        max_parameters: refuse a config whose model holds more values (default 2**28).
 
     Raises:
         CheckpointError: for any unusable file (see the module docstring).
@@ -296,7 +301,8 @@ def load(
     payload = read_checkpoint(path, map_location)
     if "model" in payload:  # a training checkpoint: prefer its evaluation weights
         payload = payload["model"]
-    model = model_from_payload(payload, model_class, trust_import, source=str(path))
+    model = model_from_payload(payload, model_class, trust_import, source=str(path),
+                               max_parameters=max_parameters)
     if isinstance(map_location, str | torch.device):
         model.to(map_location)
     return model

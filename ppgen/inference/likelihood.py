@@ -366,7 +366,7 @@ def evaluate(
             context = data.labels
     else:
         x = data
-    model._check_x(x)
+    context = model.check_inputs(x, context)  # weights, data and labels, before any work
     if model.conditional and context is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass context (labels)")
     if estimator == "auto":
