@@ -220,7 +220,7 @@ def _coerce(config_cls: type, name: str, tp: Any, value: Any, minimum: int) -> A
         choices = typing.get_args(tp)
         if isinstance(value, bool) or value not in choices:
             raise ConfigError(
-                f"{family}: hyperparameter {name!r} must be one of {list(choices)}, got {value!r}"
+                f"{family}: {name} must be one of {list(choices)}, got {value!r}"
             )
         return value
     if origin is tuple:
