@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from ppgen.models import family_name, get
-from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.base import MAX_PARAMETERS, AbstractGenerativeModel
 
 MAGIC = b"PPGEN-CHECKPOINT-1\n"
 _HEADER = len(MAGIC) + 32 + 8
@@ -917,12 +917,14 @@ def model_from_payload(
     model_class: type[AbstractGenerativeModel] | None = None,
     trust_import: bool = False,
     source: str = "checkpoint",
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> AbstractGenerativeModel:
-    """Rebuild the architecture from the recorded config, then load the weights strictly.
+    """Rebuild the architecture from the recorded config (refused past ``max_parameters``
+    values before anything is allocated), then load the weights strictly.
 
     ``payload`` is a model payload (:func:`model_payload`, or a training checkpoint's
     ``"model"``); it is validated here too, so a hand-made dict gets the same one-line errors."""
-    return _model_from_payload(payload, model_class, trust_import, source, "")
+    return _model_from_payload(payload, model_class, trust_import, source, "", max_parameters)
 
 
 def _model_from_payload(
@@ -931,11 +933,13 @@ def _model_from_payload(
     trust_import: bool,
     source: str,
     prefix: str,
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> AbstractGenerativeModel:
     validate_payload(payload, source, "model")
     cls = _resolve_class(payload["family"], model_class, trust_import, source)
     try:
         config = cls.Config.from_dict(payload["config"])
+        cls.check_size(config, max_parameters)
         model = cls(config)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
         raise CheckpointError(
@@ -1001,6 +1005,7 @@ def load(
     model_class: type[AbstractGenerativeModel] | None = None,
     map_location: Any = "cpu",
     trust_import: bool = False,
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> AbstractGenerativeModel:
     """Load a model saved by :func:`save` or written by ``ppgen fit`` (its weights; for a run's
     checkpoint, the EMA weights when training used EMA).
@@ -1010,6 +1015,7 @@ def load(
         model_class: the class of a user-defined model (built-in families are found by name).
         map_location: where tensors go (``"cpu"``, ``"cuda"``...).
         trust_import: import a user-defined class by the module path recorded in the file.
+        max_parameters: refuse a config whose model holds more values (default 2**28).
 
     Raises:
         CheckpointError: for any unusable file (see the module docstring).
@@ -1018,7 +1024,8 @@ def load(
     prefix = ""
     if "model" in payload:  # a training checkpoint: prefer its evaluation weights
         payload, prefix = payload["model"], "model"
-    model = _model_from_payload(payload, model_class, trust_import, str(path), prefix)
+    model = _model_from_payload(payload, model_class, trust_import, str(path), prefix,
+                                max_parameters)
     if isinstance(map_location, str | torch.device):
         model.to(map_location)
     return model

@@ -236,8 +236,11 @@ def build_from(
 ) -> AbstractGenerativeModel:
     """A model from a registered family name, or (already trusted) ``package.module:Name``: a
     protocol subclass or a builder function taking the data facts and options as keywords."""
-    if ":" not in name:
-        return models.get(name)(**spec, **options)
+    if ":" not in name:  # parsed and size-checked by the family's config before allocating
+        cls = models.get(name)
+        config = cls.config_from(**spec, **options)
+        cls.check_size(config)
+        return cls(config)
     obj = import_object(name)
     if isinstance(obj, type) and not issubclass(obj, AbstractGenerativeModel):
         obj = None

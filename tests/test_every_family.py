@@ -144,3 +144,89 @@ def test_training_one_model_leaves_another_untouched(family, data):
     for key, value in b.state_dict().items():
         assert torch.equal(value, before[key]), f"{family}: {key} of the other model changed"
     assert len(pyro.get_param_store()) == 0, f"{family}: parameters leaked into the param store"
+
+
+# ---- issue 18: one sample entry point, model size from the config, finite weights, labels ------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_refuses_a_bad_count_naming_n(family, data):
+    import numpy as np
+
+    m, _, _ = _build_any(family, data)
+    for bad in (2.5, -1, 0, True, "3", None, np.float64(3.0), torch.tensor(3)):
+        with pytest.raises(ValueError, match=r"\bn\b") as info:
+            m.sample(bad)
+        assert "\n" not in str(info.value), family
+    assert m.sample(np.int64(3), seed=0).shape == (3, *m.event_shape)  # numpy ints are ints
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_below_the_chunk_is_the_familys_own_draw_and_chunks_above(family, data,
+                                                                       monkeypatch):
+    m, _, _ = _build_any(family, data)
+    # below the chunk size the public sample is exactly the family's draw
+    assert m.sample_chunk_size() >= 4096, family
+    assert torch.equal(m.sample(5, seed=7), m._sample(5, seed=7)), family
+    # above it: one preallocated result, drawn chunk by chunk, reproducible with a seed
+    monkeypatch.setattr(type(m), "sample_chunk_size", lambda self: 2)
+    a = m.sample(5, seed=7)
+    assert a.shape == (5, *m.event_shape), family
+    assert torch.equal(a, m.sample(5, seed=7)), family
+    assert torch.isfinite(a).all(), family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_size_of_a_model_is_counted_exactly_from_its_config(family, data):
+    m, _, _ = _build_any(family, data)
+    real = sum(t.numel() for t in [*m.parameters(), *m.buffers()])
+    assert type(m).parameter_count(m.config) == real, family
+    type(m).check_size(m.config, real)  # exactly at the limit: accepted
+    with pytest.raises(ppgen.models.base.ModelSizeError, match=f"{real:,} parameters"):
+        type(m).check_size(m.config, real - 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_non_finite_weights_are_refused_naming_the_tensor(family, data):
+    m, train, val = _build_any(family, data)
+    ppgen.models.base.check_finite_parameters(m)  # a fresh model is finite
+    name, param = next(iter(m.named_parameters()))
+    for bad in (math.nan, math.inf):
+        with torch.no_grad():
+            saved = param.detach().clone()
+            param.view(-1)[0] = bad
+        with pytest.raises(ValueError, match=f"'{name}'"):
+            m.sample(2, seed=0)
+        with pytest.raises(ValueError, match=f"'{name}'.*non-finite|non-finite.*'{name}'"):
+            ppgen.evaluate(m, val)
+        with torch.no_grad():
+            param.copy_(saved)
+    m.sample(2, seed=0)
+
+
+_CONDITIONAL = {"vae": "context_classes", "pixelcnn": "num_classes",
+                "gated-pixelcnn": "num_classes"}
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f in _CONDITIONAL])
+def test_labels_out_of_range_are_refused_the_same_way_by_every_conditional_family(family, data):
+    train, _ = data["digits"]
+    names = {f.name for f in dataclasses.fields(ppgen.models.get(family).Config)}
+    small = {k: v for k, v in SMALL.items() if k in names}
+    m = ppgen.build(family, train, **{_CONDITIONAL[family]: 3}, **small)
+    assert m.conditional and m.context_classes == 3
+    x = train.data[:4]
+    for labels, match in (
+        (torch.tensor([0, 1, 2, 3]), r"lie in \[0, 3\]; they must lie in 0..2"),
+        (torch.tensor([-1, 0, 0, 0]), r"must lie in 0..2"),
+        (torch.tensor([0.5, 0, 0, 0]), "non-integer"),
+        (torch.tensor([0, 1]), "one label per example"),
+        (None, "class-conditional"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            m.check_context(labels, 4)
+        with pytest.raises(ValueError, match=match):
+            ppgen.evaluate(m, x, context=labels) if labels is not None else m.sample(4)
+    # the digits' labels run to 9: training refuses them in one line, not a torch traceback
+    with pytest.raises(ValueError, match="0..2"):
+        ppgen.fit(m, train, steps=1, batch_size=32, progress=False, device="cpu")

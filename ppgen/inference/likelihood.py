@@ -545,7 +545,7 @@ def evaluate(
     x, labels = as_batch(data, what="ppgen.evaluate's data=")
     if model.conditional and context is None:
         context = labels
-    model._check_x(x)
+    context = model.check_inputs(x, context)  # weights, data and labels, before any work
     if model.conditional and context is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass context (labels)")
     if estimator == "auto":

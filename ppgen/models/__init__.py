@@ -8,13 +8,21 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["AbstractGenerativeModel", "ModelConfig", "build", "family_name", "get", "names"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "AbstractGenerativeModel",
+    "ModelConfig",
+    "build",
+    "family_name",
+    "get",
+    "names",
+]
 
 from typing import Any
 
 from ppgen.datasets.base import Dataset
 from ppgen.models.autoregressive import MADE, NADE, GatedPixelCNN, PixelCNN
-from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+from ppgen.models.base import MAX_PARAMETERS, AbstractGenerativeModel, ModelConfig
 from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
 from ppgen.models.gan import GAN
@@ -61,13 +69,26 @@ def family_name(model: AbstractGenerativeModel) -> str | None:
     return None
 
 
-def build(name: str, dataset: Dataset, **hparams: Any) -> AbstractGenerativeModel:
+def build(
+    name: str,
+    dataset: Dataset,
+    *,
+    max_parameters: int | None = MAX_PARAMETERS,
+    **hparams: Any,
+) -> AbstractGenerativeModel:
     """Build family ``name`` for ``dataset``'s shape and kind with hyperparameters ``hparams``.
 
+    The hyperparameters are parsed and checked by the family's config (one int for a list of
+    widths is a list of one; wrong types, sizes below 1 and unknown names are one-line errors
+    naming the family and the field). A model that would hold more than ``max_parameters``
+    values (default 2**28, about 1 GiB in float32; None: no limit) is refused before anything
+    is allocated.
     """
     cls = get(name)
     spec = dataset.spec()
     clash = sorted(set(spec) & set(hparams))
     if clash:
         raise ValueError(f"{clash[0]!r} comes from the dataset; do not pass it to build()")
-    return cls(**spec, **hparams)
+    config = cls.config_from(**spec, **hparams)
+    cls.check_size(config, max_parameters)
+    return cls(config)

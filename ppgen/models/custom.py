@@ -241,7 +241,7 @@ class _PyroProgram(AbstractGenerativeModel):
         return self._run(self._guide_fn, x)
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

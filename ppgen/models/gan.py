@@ -351,7 +351,7 @@ class GAN(AbstractGenerativeModel):
             return pyro.sample("x", dist.Delta(g, event_dim=k), obs=obs)
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

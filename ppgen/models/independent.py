@@ -89,7 +89,7 @@ class Independent(AbstractGenerativeModel):
             return pyro.sample("x", self.distribution(), obs=x)
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

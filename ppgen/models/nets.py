@@ -158,6 +158,8 @@ class MaskedMLP(nn.Module):
     @torch.no_grad()
     def set_masks(self, order: Tensor, generator: torch.Generator | None = None) -> None:
         """Rebuild every mask for autoregressive ``order`` (in place, so buffers keep identity)."""
+        if self.output.mask.is_meta:  # a size count on the meta device: no values to set
+            return
         degrees = autoregressive_degrees(order.cpu(), self.hidden, generator, self.sorted_degrees)
         c = self.context_features
         for layer, d_in, d_out in zip(self.layers, degrees[:-1], degrees[1:], strict=True):

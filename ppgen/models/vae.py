@@ -87,9 +87,7 @@ class VAEConfig(ModelConfig):
     free_bits: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden, int):  # ``--model.hidden=256`` on the command line
-            object.__setattr__(self, "hidden", (self.hidden,))
-        super().__post_init__()
+        super().__post_init__()  # ``hidden=256`` is ``(256,)`` there, as for every family
 
 
 class DiscretizedLogisticMixture(dist.TorchDistribution):
@@ -400,22 +398,17 @@ class VAE(AbstractGenerativeModel):
     def _one_hot(self, context: Tensor | None, lead: torch.Size | None = None) -> Tensor | None:
         if not self.conditional:
             return None
-        if context is None:
-            raise ValueError("this VAE is conditional: pass context (integer labels, shape (N,))")
-        c = F.one_hot(context.long(), self.config.context_classes).to(self.zero.dtype)
+        labels = self.check_context(context, None)  # before any work: range, integers
+        assert labels is not None
+        c = F.one_hot(labels, self.config.context_classes).to(self.zero.dtype)
         return c if lead is None else c.expand(*lead, c.shape[-1])
 
-    def _check_context(self, context: Tensor | None, n: int) -> None:
-        if not self.conditional:
-            return
-        classes = self.config.context_classes
-        assert classes is not None
-        if context is None or context.shape != (n,):
-            raise ValueError(
-                f"this VAE is conditional: pass context, {n} integer labels of shape ({n},)"
-            )
-        if context.min() < 0 or context.max() >= classes:
-            raise ValueError(f"context labels must lie in 0..{classes - 1}")
+    @property
+    def context_classes(self) -> int | None:
+        return self.config.context_classes
+
+    def _check_context(self, context: Tensor | None, n: int) -> Tensor | None:
+        return self.check_context(context, n) if self.conditional else None
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The mean and standard deviation of the guide's Gaussian (the base of an IAF
@@ -532,7 +525,7 @@ class VAE(AbstractGenerativeModel):
     # ---- sampling and hooks -------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,
@@ -542,7 +535,7 @@ class VAE(AbstractGenerativeModel):
     ) -> Tensor:
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
-        self._check_context(context, n)
+        context = self._check_context(context, n)
         generator = self.sampling_generator(seed, generator)
         opts = {"generator": generator, "device": self.zero.device, "dtype": self.zero.dtype}
         latent = self.config.latent

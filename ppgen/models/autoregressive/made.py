@@ -170,6 +170,9 @@ class MADE(AbstractGenerativeModel):
             return
         if not 0 <= k < self.config.num_masks:
             raise ValueError(f"mask index must lie in 0..{self.config.num_masks - 1}, got {k}")
+        if self.orders.is_meta:  # a size count on the meta device: no mask values to set
+            self._mask = k
+            return
         random = self.config.connectivity == "random"
         gen = self._generator(k, "connectivity") if random else None
         self.net.set_masks(self.orders[k].cpu(), generator=gen)
@@ -238,7 +241,7 @@ class MADE(AbstractGenerativeModel):
     # ---- sampling -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

@@ -205,7 +205,7 @@ class NADE(AbstractGenerativeModel):
     # ---- sampling -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

@@ -181,36 +181,12 @@ class AbstractPixelCNN(AbstractGenerativeModel):
         """Levels ``0..L-1`` -> ``[-1, 1]``, the scale the network reads."""
         return x * (2.0 / (self.config.levels - 1)) - 1.0
 
+    @property
+    def context_classes(self) -> int | None:
+        return self.config.num_classes
+
     def _check_context(self, context: Tensor | None, n: int) -> Tensor | None:
-        num_classes = self.config.num_classes
-        if num_classes is None:
-            if context is not None:
-                raise ValueError(
-                    f"{type(self).__name__} is unconditional: pass context=None, or build it "
-                    "with num_classes=K to condition on labels"
-                )
-            return None
-        if context is None:
-            raise ValueError(
-                f"{type(self).__name__} is class-conditional (num_classes={num_classes}): pass "
-                f"context, a tensor of labels in 0..{num_classes - 1}"
-            )
-        context = torch.as_tensor(context)
-        if context.dim() == 0:
-            context = context.expand(n)
-        if context.shape != (n,):
-            raise ValueError(
-                f"context has shape {tuple(context.shape)}; pass one label per example, ({n},)"
-            )
-        if context.is_floating_point() and not torch.equal(context, context.round()):
-            raise ValueError("context holds non-integer labels; pass class indices")
-        if int(context.min()) < 0 or int(context.max()) >= num_classes:
-            raise ValueError(
-                f"context labels lie in [{int(context.min())}, {int(context.max())}]; they must "
-                f"lie in 0..{num_classes - 1}"
-            )
-        param = next(self.parameters())
-        return context.long().to(param.device)
+        return self.check_context(context, n)
 
     def _subpixel_log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """log p of every sub-pixel, ``(N, C, H, W)``, from the net's ``(N, C*P, H, W)``."""
@@ -260,7 +236,7 @@ class AbstractPixelCNN(AbstractGenerativeModel):
             return pyro.sample("x", self.distribution(context), obs=x)
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

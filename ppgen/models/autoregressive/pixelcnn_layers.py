@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ppgen.models.autoregressive._conditionals import softplus
+from ppgen.models.base import building_on_meta
 
 if TYPE_CHECKING:
     from ppgen.models.autoregressive.pixelcnn import PixelCNNConfig
@@ -35,6 +36,8 @@ _LOG_SCALE_MIN, _LOG_SCALE_MAX = -7.0, 7.0  # logistic scales in units of the [-
 
 def channel_groups(width: int, channels: int) -> Tensor:
     """The colour group (``0..channels-1``) of each of ``width`` features, in contiguous blocks."""
+    if building_on_meta():  # a size count: the shape is all that matters
+        return torch.empty(width, dtype=torch.long)
     return torch.arange(width) * channels // width
 
 
@@ -69,6 +72,8 @@ def conv_mask(
                 [0., 0., 0.]])
     """
     kh, kw = kernel_size
+    if building_on_meta():  # a size count: the shape is all that matters
+        return torch.empty(len(out_groups), len(in_groups), kh, kw)
     rows, cols = torch.arange(kh)[:, None], torch.arange(kw)[None, :]
     before = (rows < center[0]) | ((rows == center[0]) & (cols < center[1]))  # (kh, kw)
     at = (rows == center[0]) & (cols == center[1])

@@ -518,7 +518,7 @@ class DDPM(AbstractGenerativeModel):
     # ---- sampling -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

@@ -30,6 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ppgen.models.base import building_on_meta as _building_on_meta
+
 ScheduleKind = Literal["linear", "cosine"]
 VarianceKind = Literal["small", "large"]
 
@@ -37,6 +39,14 @@ VarianceKind = Literal["small", "large"]
 class ScheduleError(ValueError):
     """An invalid noise schedule (non-increasing noise, betas outside (0, 1], a zero terminal SNR
     the parameterization cannot use)."""
+
+
+# the per-step tables a schedule holds as buffers (their order is the table's below)
+_TABLE = (
+    "betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance", "log_betas", "large_log_variance",
+    "posterior_mean_coef_x0", "posterior_mean_coef_xt",
+)
 
 
 def _linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
@@ -117,6 +127,9 @@ class NoiseSchedule(nn.Module):
         alphas_cumprod: Tensor | None = None,
     ) -> None:
         super().__init__()
+        if alphas_cumprod is None and _building_on_meta():
+            self._meta_placeholders(timesteps, kind, zero_terminal_snr)
+            return
         if alphas_cumprod is not None:
             ab = alphas_cumprod.detach().to(torch.float64).cpu()
             betas = 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
@@ -190,12 +203,22 @@ class NoiseSchedule(nn.Module):
             "posterior_mean_coef_x0": coef_x0,
             "posterior_mean_coef_xt": coef_xt,
         }
+        assert tuple(table) == _TABLE
         for name, value in table.items():
             self.register_buffer(name, value.to(torch.get_default_dtype()), persistent=False)
         # Python floats (float64) for the samplers' scalar steps: no tensor indexing per step.
         self._host = {name: value.tolist() for name, value in table.items()}
         self._ddpm = [self._ddpm_coefficients(t) for t in range(timesteps + 1)]
         self._ddim: dict[tuple[int, int, float], tuple[float, ...]] = {}
+
+    def _meta_placeholders(self, timesteps: int, kind: str, zero_terminal_snr: bool) -> None:
+        """The buffers' shapes without their values, for a size count on the meta device."""
+        self.timesteps, self.kind, self.zero_terminal_snr = timesteps, kind, zero_terminal_snr
+        for name in _TABLE:
+            self.register_buffer(name, torch.empty(timesteps + 1), persistent=False)
+        self._host: dict[str, list[float]] = {}
+        self._ddpm: list[tuple[float, ...]] = []
+        self._ddim = {}
 
     def _ddpm_coefficients(self, t: int) -> tuple[float, ...]:
         """Per-step floats of :meth:`step`: (a, b) of the mean from eps, eq. (11); sqrt(ab_t)

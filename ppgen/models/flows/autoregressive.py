@@ -261,7 +261,8 @@ class MaskedAffineAutoregressive(LazyTransform):
     ) -> None:
         super().__init__()
         order = torch.arange(features) if order is None else torch.as_tensor(order).long()
-        if not torch.equal(order.sort().values, torch.arange(features)):
+        meta = order.is_meta  # a size count on the meta device: shapes only, no values
+        if not meta and not torch.equal(order.sort().values, torch.arange(features)):
             raise ValueError("order must be a permutation of range(features)")
         self.features, self.inverted, self.soft_clamp = features, inverted, float(soft_clamp)
         self.net = MaskedMLP(features, 2, hidden, context, order=order, sorted_degrees=True)
@@ -269,6 +270,10 @@ class MaskedAffineAutoregressive(LazyTransform):
         nn.init.zeros_(self.net.output.bias)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("pos_to_input", order.argsort(), persistent=False)
+        self.blocks = int(blocks) if blocks is not None else (4 if features >= 16 else 1)
+        if meta:
+            self.degree_ends, self.spans = [], []
+            return
         # how many units of each hidden layer have degree <= k (units are sorted by degree)
         degrees = autoregressive_degrees(order, tuple(hidden), sort=True)
         self.degree_ends = [[int((deg <= k).sum()) for k in range(features + 1)]

@@ -626,7 +626,7 @@ class AbstractFlow(AbstractGenerativeModel):
             return pyro.sample("x", self.distribution(context), obs=x)
 
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         n: int,
         *,

@@ -277,7 +277,7 @@ class Permutation(LazyTransform):
     def __init__(self, perm: Tensor) -> None:
         super().__init__()
         perm = torch.as_tensor(perm, dtype=torch.long)
-        if not torch.equal(perm.sort().values, torch.arange(len(perm))):
+        if not perm.is_meta and not torch.equal(perm.sort().values, torch.arange(len(perm))):
             raise ValueError("perm must be a permutation of range(D)")
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", perm.argsort())
