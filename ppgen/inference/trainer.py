@@ -88,9 +88,10 @@ class RunExistsError(FitError):
 # Validations without improvement before a fit with validation data stops (``patience="auto"``).
 # With the default ``eval_every = steps // 20`` this is half a run: an exact validation loss
 # that still falls slowly (MADE on digits: every one of 20 validations of a 2000-step run
-# improved) never stops, and a run that overfits (the default Gated PixelCNN on digits, which
-# overfits its 1200 training images) stops and returns its best weights; a stochastic
-# validation loss (a VAE's ELBO, a dequantized flow's) gets room for its noise.
+# improved) never stops, and a run that overfits stops and returns its best weights (the default
+# Gated PixelCNN on digits, 2000 steps: best validation at step 600, 77.7 nats, then 93.3 by
+# step 1300; it stops at 1600 with the step-600 weights, 1.787 +- 0.016 test bits/dim); a
+# stochastic validation loss (a VAE's ELBO, a dequantized flow's) gets room for its noise.
 DEFAULT_PATIENCE = 10
 
 
