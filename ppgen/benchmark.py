@@ -279,6 +279,7 @@ def _measure(
         seed=seed,
         device=device,
         out=run_dir,
+        overwrite=True,  # the benchmark's own directory: a rerun replaces its runs
         progress=progress,
         **spec["fit"],
     )

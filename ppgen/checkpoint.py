@@ -315,6 +315,8 @@ _HISTORY_FIELDS = (
     "skipped_steps",
     "elapsed",
     "diagnostics",
+    "stopped_early",
+    "restored_best",
 )
 _MT_WORDS = 624  # words of a Mersenne Twister state (numpy's and random's)
 _U32 = 2**32 - 1
@@ -612,6 +614,9 @@ def _history(value: Any, path: str) -> None:
         _real(d["elapsed"], _join(path, "elapsed"))
     if d.get("out") is not None:
         _str(d["out"], _join(path, "out"))
+    for k in ("stopped_early", "restored_best"):
+        if k in d and not isinstance(d[k], bool):
+            raise _Invalid(_join(path, k), f"is a {type(d[k]).__name__}, expected a bool")
 
 
 def _training(d: dict[str, Any]) -> None:

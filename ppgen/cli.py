@@ -12,16 +12,16 @@ from __future__ import annotations
 __all__ = ["main"]
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ppgen import checkpoint as ckpt
 from ppgen import datasets, models, run_directory
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import evaluate
@@ -147,50 +147,89 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    overrides = parse_overrides(extra)
-    train = load_data(args.data, "train")
-    val = None if args.no_val else load_data(args.data, "val")
-    seed_everything(args.seed)  # the initial weights too are a function of --seed
-    model = _build(args.model, train.spec(), overrides["model"])
-    stem = Path(args.data.split("#", 1)[0]).stem
-    out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
-    history = fit(
-        model,
-        train,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        val=val,
-        out=out,
-        resume=args.resume,
-        progress=not args.no_progress,
-        objective=args.objective,
-        objective_options=overrides["objective"] or None,
-        ema=args.ema,
-        clip_grad=args.clip_grad,
-        patience=args.patience,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        precision=args.precision,
-        compile=(args.compile_backend or True) if args.compile else False,
-        accumulate=args.accumulate,
-    )
-    config_path = out / "config.json"
-    run_config = json.loads(config_path.read_text())
-    run_config["data"] = args.data
-    if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
-        run_config["builder"] = args.model
-        run_config["builder_options"] = overrides["model"]
-    ckpt.write_atomic(config_path, json.dumps(run_config, indent=2).encode(), "run config")
-    ev = evaluate(model, val if val is not None else train, seed=args.seed)
+    """Fit a model into a run directory; the directory's records are complete from the start.
+
+    ``config.json`` is written once, when training starts, with the data name (and a user's
+    builder), so a run stopped at any point can be evaluated without ``--data``. From the first
+    line on, SIGINT/SIGTERM end the command with one line and 130/143, whether they come while
+    the data load, during training (a checkpoint is saved first) or during the summary
+    evaluation after the last step.
+    """
+    with _signals_end_the_command() as progress:
+        overrides = parse_overrides(extra)
+        train = load_data(args.data, "train")
+        val = None if args.no_val else load_data(args.data, "val")
+        seed_everything(args.seed)  # the initial weights too are a function of --seed
+        model = _build(args.model, train.spec(), overrides["model"])
+        stem = Path(args.data.split("#", 1)[0]).stem
+        out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
+        run_info: dict[str, Any] = {"data": args.data}
+        if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
+            run_info["builder"] = args.model
+            run_info["builder_options"] = overrides["model"]
+        history = fit(
+            model,
+            train,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            val=val,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            objective=args.objective,
+            objective_options=overrides["objective"] or None,
+            ema=args.ema,
+            clip_grad=args.clip_grad,
+            patience="auto" if args.patience is None else (args.patience or None),
+            eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every,
+            precision=args.precision,
+            compile=(args.compile_backend or True) if args.compile else False,
+            accumulate=args.accumulate,
+            run_info=run_info,
+        )
+        progress.update(step=history.steps, checkpoint=out / "checkpoint.pt")
+        ev = evaluate(model, val if val is not None else train, seed=args.seed)
     print(
-        f"fit {args.model} on {args.data}: {history.steps} steps in {history.elapsed:.1f}s; "
+        f"fit {args.model} on {args.data} in {history.elapsed:.1f}s: {history.summary()}; "
         f"{'val' if val is not None else 'train'}: {ev}"
     )
     print(f"run directory: {out}")
     return 0
+
+
+@contextlib.contextmanager
+def _signals_end_the_command() -> Iterator[dict[str, Any]]:
+    """SIGINT/SIGTERM raise :class:`TrainingInterrupted` at once (``main`` prints its one line
+    and exits 128 + the signal), where Python's defaults would print a ``KeyboardInterrupt``
+    traceback or die without a word. ``fit`` defers them to the end of a step inside; the
+    yielded dict says what the line reports: the steps done and the checkpoint saved."""
+    import signal
+    import threading
+
+    progress: dict[str, Any] = {"step": 0, "checkpoint": None}
+
+    def handle(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(signum, progress["step"], progress["checkpoint"])
+
+    if threading.current_thread() is not threading.main_thread():
+        yield progress
+        return
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield progress
+    except KeyboardInterrupt as e:  # a SIGINT that came between two handlers
+        if isinstance(e, TrainingInterrupted):
+            raise
+        step, checkpoint = progress["step"], progress["checkpoint"]
+        raise TrainingInterrupted(signal.SIGINT, step, checkpoint) from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -364,11 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")
     f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
-    f.add_argument("--resume", action="store_true")
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (from scratch when it has no checkpoint yet)",
+    )
+    f.add_argument(
+        "--overwrite", action="store_true", help="replace the run --out holds (refused without)"
+    )
     f.add_argument("--objective", default=None)
     f.add_argument("--ema", type=float, default=None)
     f.add_argument("--clip-grad", type=float, default=None)
-    f.add_argument("--patience", type=int, default=None)
+    f.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="validations without improvement before stopping early, keeping the best weights "
+        "(default: ppgen.fit's 'auto'; 0 trains every step and keeps the last weights)",
+    )
     f.add_argument("--eval-every", type=int, default=None, help="steps between validations")
     f.add_argument(
         "--checkpoint-every", type=int, default=None, help="steps between checkpoints"

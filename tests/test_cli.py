@@ -291,3 +291,38 @@ def test_fit_scaling_flags_and_seeded_initial_weights(tmp_path, capsys):
         2, "bf16", "eager")
     a, b = (r["model"]["state_dict"] for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_refuses_to_replace_a_run_and_reports_the_best_weights(tmp_path):
+    """A second fit into a run directory exits 2 naming what is there (the first run intact);
+    --overwrite replaces it. The summary line says which weights the model holds."""
+    run = tmp_path / "run"
+    args = ("fit", "independent", "--data", "digits", "--steps", "20", "--batch-size", "50",
+            "--lr", "0.05", "--out", run, "--no-progress")
+    first = ppgen(*args).stdout
+    assert "best weights from step" in first, first
+    kept = (run / "checkpoint.pt").read_bytes()
+    again = ppgen(*args, "--model.components=2", check=False)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "already holds a run (config.json" in again.stderr and "--overwrite" in again.stderr
+    assert (run / "checkpoint.pt").read_bytes() == kept
+    ppgen(*args, "--model.components=2", "--overwrite")
+    assert json.loads((run / "config.json").read_text())["model"]["components"] == 2
+
+
+def test_fit_resume_is_idempotent(tmp_path):
+    """--resume on a directory without a checkpoint starts from scratch and says so; on a
+    directory holding something else it refuses, naming it."""
+    def args(out):
+        return ("fit", "independent", "--data", "moons", "--steps", "5", "--out", out,
+                "--no-progress", "--resume")
+
+    run = tmp_path / "run"
+    proc = ppgen(*args(run))
+    assert "no checkpoint yet; starting from scratch" in proc.stderr
+    assert json.loads((run / "history.json").read_text())["steps"] == 5
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2\n")
+    bad = ppgen(*args(other), check=False)
+    assert bad.returncode == 2 and "data.csv" in bad.stderr, bad.stderr

@@ -276,8 +276,8 @@ def _kill_at_and_check(tmp_path: Path, hook: str, nth: int, reference: dict) -> 
 
     Then: every file with a checkpoint's name loads (no half-written file is ever one);
     ``checkpoint.pt`` is there once any checkpoint was; ``--resume`` reaches the last step from
-    whatever is left (or says there is nothing to resume from, when the kill came before the
-    first checkpoint); and the resumed run's weights equal the uninterrupted run's, to the bit.
+    whatever is left (from scratch, when the kill came before the first checkpoint); and the
+    resumed run's weights equal the uninterrupted run's, to the bit.
     """
     from ppgen.cli import main
 
@@ -302,10 +302,7 @@ def _kill_at_and_check(tmp_path: Path, hook: str, nth: int, reference: dict) -> 
             code = main(_fit_args(out, "--resume"))
     finally:
         torch.set_num_threads(threads)
-    if not named:
-        assert code == 2  # "nothing to resume from": a clear error, then a fresh run works
-        return True
-    assert code == 0
+    assert code == 0  # before the first checkpoint: --resume starts from scratch
     left = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
     assert not left, f"temp files of the interrupted write were left: {left}"
     final = ckpt.read_checkpoint(out / "checkpoint.pt")
@@ -352,3 +349,80 @@ def test_a_fit_removes_what_an_interrupted_write_left(tmp_path):
     assert not [n for n in stale if (out / n).exists()]
     assert (out / "notes.tmp").read_text() == "mine" and (out / ".mine").exists()
     json.loads((out / "history.json").read_text())
+
+
+# ---- a run stopped by a signal is a first-class run; signals at any point end in one line ------
+
+
+def _fit_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ppgen", "fit", "independent", "--data", "digits", "--steps",
+            "1000000", "--batch-size", "32", "--lr", "0.01", "--out", str(out), "--no-progress",
+            "--eval-every", "50", "--checkpoint-every", "20", *extra]
+
+
+def _one_line(err: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_stopped_by_sigterm_is_a_whole_run(tmp_path):
+    """After SIGTERM the run directory holds everything a later command reads: ``ppgen
+    evaluate RUN`` works without --data, history.json and the training curve are there."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_fit_cmd(out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "checkpoint.prev.pt")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    _one_line(err)
+    step = json.loads((out / "history.json").read_text())["steps"]
+    assert step == ckpt.read_checkpoint(out / "checkpoint.pt")["step"] >= 40
+    assert (out / "training_curve.png").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["data"] == "digits"
+    ev = subprocess.run([sys.executable, "-m", "ppgen", "evaluate", str(out)], env=_env(),
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0 and "digits/test" in ev.stdout, ev.stderr
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
+def test_two_ctrl_c_early_in_a_fit_end_in_one_line(tmp_path, delay):
+    """SIGINT twice in a row as the run starts (config.json just written, before or during the
+    first steps): exit 130 with one line, no traceback."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_fit_cmd(out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "config.json")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    _one_line(err)
+    assert "interrupted after step" in err
+
+
+# `ppgen fit` whose summary evaluation (after the last step) receives a signal
+_SIGNAL_IN_SUMMARY = r"""
+import os, signal, sys, time
+import ppgen.cli as cli
+sig = getattr(signal, sys.argv[1])
+def evaluate(*args, **kwargs):
+    os.kill(os.getpid(), sig)
+    time.sleep(60)
+cli.evaluate = evaluate
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_during_the_summary_evaluation_ends_in_one_line(tmp_path, sig, code):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_IN_SUMMARY, sig, *_fit_args(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == code, proc.stderr
+    _one_line(proc.stderr)
+    assert f"after step {_STEPS}; checkpoint saved" in proc.stderr, proc.stderr
+    assert json.loads((out / "history.json").read_text())["steps"] == _STEPS

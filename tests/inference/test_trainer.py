@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -294,3 +295,217 @@ def test_grad_norm_without_clip_leaves_gradients_alone():
     assert torch.allclose(clipped, torch.tensor(1.0), atol=1e-5)
     params[0].grad[0, 0] = math.nan
     assert not torch.isfinite(trainer._grad_norm(params, None))
+
+
+# ---- the best weights, run directories that are never replaced by accident, resume ------------
+
+
+def _val_loss(m, val):
+    return -m.log_prob(val.data).double().mean().item()
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_fit_with_validation_returns_the_best_weights(digits, tmp_path, ema):
+    """With val= the default stops early and leaves the best-validation weights, in memory and
+    in best.pt (EMA-aware: the averaged weights that were validated); patience=None keeps the
+    last weights. lr=1.0 makes independent categoricals overshoot, so best != last."""
+    train, val = digits
+    m = ppgen.build("independent", train)
+    hist = _fit(m, train, tmp_path / "a", steps=400, val=val, eval_every=5, lr=1.0, ema=ema)
+    assert hist.stopped_early and hist.restored_best and hist.best_step < hist.steps
+    assert _val_loss(m, val) == pytest.approx(hist.best_val, rel=1e-5)
+    best = ppgen.load(tmp_path / "a" / "best.pt")
+    assert all(torch.equal(a, b) for a, b in
+               zip(m.state_dict().values(), best.state_dict().values(), strict=True))
+    assert f"best weights from step {hist.best_step}" in hist.summary()
+    # in memory only (no run directory): the same weights
+    mem = ppgen.build("independent", train)
+    hist_mem = _fit(mem, train, steps=400, val=val, eval_every=5, lr=1.0, ema=ema)
+    assert hist_mem.best_step == hist.best_step and torch.equal(mem.logits, m.logits)
+    # patience=None: every step, the last weights
+    last = ppgen.build("independent", train)
+    hist_last = _fit(last, train, steps=hist.steps, val=val, eval_every=5, lr=1.0, ema=ema,
+                     patience=None)
+    assert not hist_last.stopped_early and not hist_last.restored_best
+    assert _val_loss(last, val) == pytest.approx(hist_last.val[-1]["val_loss"], rel=1e-5)
+    assert _val_loss(last, val) > hist_last.best_val
+
+
+def test_patience_is_validated(digits):
+    train, val = digits
+    m = ppgen.build("independent", train)
+    for bad in (0, -1, 2.5, True, "soon"):
+        with pytest.raises(trainer.FitError, match="patience"):
+            _fit(m, train, val=val, patience=bad)
+
+
+def test_resuming_a_run_that_stopped_early_trains_nothing_and_keeps_the_best(
+    digits, tmp_path, capsys
+):
+    train, val = digits
+    m = ppgen.build("independent", train)
+    hist = _fit(m, train, tmp_path, steps=400, val=val, eval_every=5, lr=1.0)
+    assert hist.stopped_early
+    again = ppgen.build("independent", train)
+    hist2 = _fit(again, train, tmp_path, steps=400, val=val, eval_every=5, lr=1.0, resume=True)
+    assert "already stopped early" in capsys.readouterr().err
+    assert hist2.steps == hist.steps and hist2.restored_best  # the best, read from best.pt
+    assert torch.equal(again.logits, m.logits)
+
+
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.pt", "checkpoint.prev.pt", "best.pt"])
+def test_a_fit_never_replaces_a_run_unless_asked(digits, tmp_path, name):
+    """Any record of a run in out= refuses a fit without resume, naming it, before any work;
+    overwrite=True replaces the run, and no file of the old one survives to pass for the new."""
+    train, val = digits
+    first = ppgen.build("independent", train)
+    _fit(first, train, tmp_path, steps=5, val=val)
+    for other in ("config.json", "checkpoint.pt", "checkpoint.prev.pt", "best.pt",
+                  "history.json", "training_curve.png"):
+        if other != name and other != "history.json":
+            (tmp_path / other).unlink(missing_ok=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    m = ppgen.build("independent", train)
+    weights = m.logits.detach().clone()
+    with pytest.raises(trainer.RunExistsError, match=f"{name}.*overwrite=True"):
+        _fit(m, train, tmp_path, steps=5)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert torch.equal(m.logits, weights), "refused before any work"
+    _fit(m, train, tmp_path, steps=5, overwrite=True)  # without val: no best.pt may be left
+    assert not (tmp_path / "best.pt").exists()
+    assert json.loads((tmp_path / "history.json").read_text())["val"] == []
+    with pytest.raises(trainer.FitError, match="overwrite"):
+        _fit(m, train, tmp_path, steps=5, resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("left", [[], ["config.json"], ["config.json", ".lock",
+                                                        ".config.json.ab12.tmp"]])
+def test_resume_without_a_checkpoint_starts_from_scratch(digits, tmp_path, capsys, left):
+    """A run killed before its first checkpoint (or a new directory): resume=True starts from
+    scratch, says so in one line, and gives the fresh run's weights to the bit."""
+    train, _ = digits
+    fresh = ppgen.build("independent", train)
+    _fit(fresh, train, tmp_path / "fresh", steps=10)
+    out = tmp_path / "run"
+    if left:
+        out.mkdir()
+        for n in left:
+            (out / n).write_text("{}")
+    m = ppgen.build("independent", train)
+    hist = _fit(m, train, out, steps=10, resume=True)
+    err = capsys.readouterr().err
+    assert "no checkpoint yet; starting from scratch" in err and len(err.splitlines()) == 1
+    assert hist.steps == 10 and torch.equal(m.logits, fresh.logits)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(digits, tmp_path):
+    train, _ = digits
+    (tmp_path / "thesis.tex").write_text("mine")
+    m = ppgen.build("independent", train)
+    with pytest.raises(trainer.RunExistsError, match="thesis.tex"):
+        _fit(m, train, tmp_path, steps=3, resume=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def _break(payload, field, how):
+    """Remove ``field`` (dotted) from a checkpoint payload, or give it a value of another type."""
+    *parents, last = field.split(".")
+    d = payload
+    for k in parents:
+        d = d[k]
+    if how == "missing":
+        del d[last]
+    else:
+        d[last] = "not this" if not isinstance(d[last], str) else 3
+
+
+BROKEN_FIELDS = ["model", "model.state_dict", "model.config", "model.family", "step", "history",
+                 "optimizers", "objective", "objective.state_dict", "rng_streams", "ema_decay",
+                 "raw_state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_12(digits, tmp_path_factory):
+    m = ppgen.build("independent", digits[0])
+    _fit(m, digits[0], tmp_path_factory.mktemp("whole"), steps=12, checkpoint_every=5)
+    return m
+
+
+@pytest.mark.parametrize("how", ["missing", "wrong type"])
+@pytest.mark.parametrize("field", BROKEN_FIELDS)
+def test_resume_falls_back_on_a_checkpoint_of_the_wrong_structure(
+    digits, tmp_path, capsys, uninterrupted_12, field, how
+):
+    """A checkpoint whose checksum holds but whose structure does not (a field missing or of
+    another type) is skipped for checkpoint.prev.pt, saying which file and field; the resumed
+    run ends where an uninterrupted one does."""
+    from ppgen import checkpoint as ckpt
+
+    train, _ = digits
+    m = ppgen.build("independent", train)
+    _fit(m, train, tmp_path, steps=10, checkpoint_every=5)
+    payload = ckpt.read_checkpoint(tmp_path / "checkpoint.pt")
+    if field == "rng_streams" and how == "missing":
+        del payload["rng"]  # both places the random streams are read from
+    _break(payload, field, how)
+    ckpt.write_checkpoint(tmp_path / "checkpoint.pt", payload)
+    resumed = ppgen.build("independent", train)
+    hist = _fit(resumed, train, tmp_path, steps=12, checkpoint_every=5, resume=True)
+    err = capsys.readouterr().err
+    assert "checkpoint.pt" in err and "resuming from checkpoint.prev.pt" in err, err
+    assert repr(field) in err, err
+    assert hist.steps == 12
+    assert torch.equal(resumed.logits, uninterrupted_12.logits)
+
+
+def test_resume_with_every_checkpoint_invalid_is_a_clear_error(digits, tmp_path):
+    from ppgen import checkpoint as ckpt
+
+    train, _ = digits
+    m = ppgen.build("independent", train)
+    _fit(m, train, tmp_path, steps=10, checkpoint_every=5)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        payload = ckpt.read_checkpoint(tmp_path / name)
+        del payload["optimizers"]
+        ckpt.write_checkpoint(tmp_path / name, payload)
+    with pytest.raises(ckpt.CheckpointError, match="nothing to resume from.*optimizers"):
+        _fit(ppgen.build("independent", train), train, tmp_path, steps=12, resume=True)
+
+
+def test_optimizer_state_that_does_not_fit_falls_back(digits, tmp_path, capsys):
+    """A structurally complete checkpoint whose states do not fit the run (an optimizer state
+    of other shapes) is undone and skipped like a damaged one."""
+    from ppgen import checkpoint as ckpt
+
+    train, _ = digits
+    m = ppgen.build("independent", train)
+    _fit(m, train, tmp_path, steps=10, checkpoint_every=5)
+    payload = ckpt.read_checkpoint(tmp_path / "checkpoint.pt")
+    (group,) = payload["optimizers"]
+    payload["optimizers"][group]["param_groups"].append(
+        dict(payload["optimizers"][group]["param_groups"][0]))
+    ckpt.write_checkpoint(tmp_path / "checkpoint.pt", payload)
+    hist = _fit(ppgen.build("independent", train), train, tmp_path, steps=12, resume=True)
+    assert "resuming from checkpoint.prev.pt" in capsys.readouterr().err
+    assert hist.steps == 12
+
+
+def test_an_interrupted_run_has_every_record(digits, tmp_path):
+    """config.json (with run_info) is written at the start, history.json and the training curve
+    with every checkpoint: a run stopped by a signal holds all of them."""
+    train, val = digits
+    m = ppgen.build("independent", train)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(trainer.TrainingInterrupted) as info:
+        _fit(m, train, tmp_path, steps=10**7, val=val, eval_every=10**6,
+             checkpoint_every=10**6, run_info={"data": "digits"})
+    timer.cancel()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data"] == "digits" and config["family"] == "independent"
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["steps"] == info.value.step > 0
+    assert (tmp_path / "training_curve.png").stat().st_size > 0
+    with pytest.raises(trainer.FitError, match="run_info"):
+        _fit(m, train, tmp_path / "x", run_info={"data": object()})
