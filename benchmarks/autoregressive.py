@@ -97,7 +97,8 @@ def likelihood(datas: list[str], families: list[str], seed: int, out: str) -> li
             t0 = time.perf_counter()
             run = Path(out) / f"{family}-{data}-seed{seed}"
             hist = ppgen.fit(
-                m, train, val=val, seed=seed, progress=False, device="cpu", out=run, **fit_args
+                m, train, val=val, seed=seed, progress=False, device="cpu", out=run,
+                overwrite=True, patience=None, **fit_args  # "final": the last weights
             )
             train_s = time.perf_counter() - t0
             final = ppgen.evaluate(m, test)

@@ -109,7 +109,8 @@ def _ppgen_epochs(model: ppgen.models.AbstractGenerativeModel, train: ppgen.data
                   objective_options: dict | None = None) -> list[float]:
     """Fit epochs ``start..start+epochs`` (resuming); their times from the trainer's clock."""
     hist = ppgen.fit(model, train, steps=(start + epochs) * spe, batch_size=BATCH, lr=LR,
-                     seed=seed, device="cpu", out=run, resume=start > 0, progress=False,
+                     seed=seed, device="cpu", out=run, resume=start > 0, overwrite=start == 0,
+                     progress=False,
                      log_every=spe, eval_every=10**9, checkpoint_every=10**9,
                      objective_options=objective_options)
     times = [0.0] + [r["time"] for r in hist.train]  # one record per epoch end

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 import contextlib
+import copy
 import errno
 import glob
 import hashlib
@@ -803,7 +804,9 @@ def _try_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            trial.load_state_dict(saved)
+            # a copy: a step updates some of the state it loads in place (Adam keeps its step
+            # counts, uncast, and increments them); ``saved`` goes into the real optimizer next
+            trial.load_state_dict(copy.deepcopy(saved))
             for ps in params:
                 for p in ps:
                     p.grad = torch.zeros_like(p)

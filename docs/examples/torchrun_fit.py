@@ -47,7 +47,7 @@ def worker(out: str) -> None:
     test = ppgen.datasets.load("8gaussians", "test")
     m = ppgen.from_pyro(model, event_shape=(2,), likelihood="exact", example=train.data[:2])
     ppgen.fit(m, train, steps=10 if TINY else 2000, batch_size=256, lr=0.05, seed=0,
-              device="cpu", out=out, progress=False)
+              device="cpu", out=out, overwrite=True, progress=False)
     ev = ppgen.evaluate(m, test)  # sharded over the ranks, gathered on every rank
     if torch_dist.get_rank() == 0:
         world = torch_dist.get_world_size()

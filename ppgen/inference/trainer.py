@@ -454,6 +454,8 @@ def _as_tensors(
         check_continuous_columns(x, what=what)  # training data only: a val split may vary less
     if model.conditional and labels is None:
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
+    if model.conditional:
+        model.check_context(labels, x.shape[0])  # one label per example, in range: before work
     return x, (labels if model.conditional else None)
 
 
