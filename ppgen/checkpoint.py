@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 import contextlib
-import copy
 import errno
 import glob
 import hashlib
@@ -726,6 +725,10 @@ def check_training_state(
     an optimizer state for every live group with the same groups, parameter counts and
     hyperparameter types, and its per-parameter tensors of the parameters' shapes.
 
+    The optimizer check loads the saved state into a throwaway optimizer and takes a step, which
+    can advance values it loaded in place (Adam's step counts): give it a copy of a payload you
+    go on using (the trainer's resume does).
+
     Raises:
         CheckpointError: naming ``source`` and the field.
     """
@@ -804,9 +807,7 @@ def _try_optimizer(saved: dict[str, Any], opt: torch.optim.Optimizer, path: str)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            # a copy: a step updates some of the state it loads in place (Adam keeps its step
-            # counts, uncast, and increments them); ``saved`` goes into the real optimizer next
-            trial.load_state_dict(copy.deepcopy(saved))
+            trial.load_state_dict(saved)
             for ps in params:
                 for p in ps:
                     p.grad = torch.zeros_like(p)

@@ -217,7 +217,7 @@ def test_labels_out_of_range_are_refused_the_same_way_by_every_conditional_famil
     assert m.conditional and m.context_classes == 3
     x = train.data[:4]
     for labels, match in (
-        (torch.tensor([0, 1, 2, 3]), r"lie in \[0, 3\]; they must lie in 0..2"),
+        (torch.tensor([0, 1, 2, 3]), r"lie in \[0, 3\]; labels must lie in 0..2"),
         (torch.tensor([-1, 0, 0, 0]), r"must lie in 0..2"),
         (torch.tensor([0.5, 0, 0, 0]), "non-integer"),
         (torch.tensor([0, 1]), "one label per example"),

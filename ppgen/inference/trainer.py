@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -1171,10 +1172,11 @@ def _resume(
         try:
             # the file's structure (every field typed), then what needs the live run: shapes
             # of every tensor, optimizer groups (tried on meta copies, no memory)
-            payload = ckpt.read_checkpoint(path, map_location="cpu", kind="training")
+            payload = ckpt.read_checkpoint(path, map_location="cpu")
             saved = _SavedRun.parse(payload, path)
             ckpt.check_compatible(model, saved.model, str(path))
-            ckpt.check_training_state(payload, str(path), model, obj, optimizers)
+            # on a copy: the check's trial optimizer step advances Adam's step counts in place
+            ckpt.check_training_state(copy.deepcopy(payload), str(path), model, obj, optimizers)
         except ckpt.CheckpointError as e:
             if "config differs" in str(e) or "holds a" in str(e):
                 raise
@@ -1205,7 +1207,6 @@ def _run_state(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> dict[str, Any]:
     """A copy of what applying a checkpoint changes (to undo a checkpoint that does not fit)."""
-    import copy
 
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -719,7 +719,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             raise ValueError("context holds non-integer labels; pass class indices")
         if context.numel() and (int(context.min()) < 0 or int(context.max()) >= classes):
             raise ValueError(
-                f"context labels lie in [{int(context.min())}, {int(context.max())}]; they must "
+                f"context labels lie in [{int(context.min())}, {int(context.max())}]; labels must "
                 f"lie in 0..{classes - 1} ({name} was built for {classes} classes)"
             )
         ref = next(itertools.chain(self.parameters(), self.buffers()), None)

@@ -454,7 +454,10 @@ def test_resume_falls_back_on_a_checkpoint_of_the_wrong_structure(
     hist = _fit(resumed, train, tmp_path, steps=12, checkpoint_every=5, resume=True)
     err = capsys.readouterr().err
     assert "checkpoint.pt" in err and "resuming from checkpoint.prev.pt" in err, err
-    assert repr(field) in err, err
+    # with both stream records gone, the checkpoint schema names the first it reads ('rng')
+    named = ("'rng'", "'rng_streams'") if field == "rng_streams" and how == "missing" else (
+        repr(field),)
+    assert any(n in err for n in named), err
     assert hist.steps == 12
     assert torch.equal(resumed.logits, uninterrupted_12.logits)
 
@@ -500,7 +503,7 @@ def test_an_interrupted_run_has_every_record(digits, tmp_path):
     timer.start()
     with pytest.raises(trainer.TrainingInterrupted) as info:
         _fit(m, train, tmp_path, steps=10**7, val=val, eval_every=10**6,
-             checkpoint_every=10**6, run_info={"data": "digits"})
+             checkpoint_every=10**6, log_every=1, run_info={"data": "digits"})
     timer.cancel()
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["data"] == "digits" and config["family"] == "independent"
