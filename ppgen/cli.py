@@ -24,6 +24,7 @@ import torch
 
 from ppgen import datasets, models, run_directory
 from ppgen.datasets.base import Dataset
+from ppgen.inference import train_config
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
 from ppgen.models.base import AbstractGenerativeModel
@@ -167,31 +168,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
             run_info["builder"] = args.model
             run_info["builder_options"] = overrides["model"]
-        history = fit(
-            model,
-            train,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            val=val,
-            out=out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            objective=args.objective,
-            objective_options=overrides["objective"] or None,
-            ema=args.ema,
-            clip_grad=args.clip_grad,
-            patience="auto" if args.patience is None else (args.patience or None),
-            eval_every=args.eval_every,
-            checkpoint_every=args.checkpoint_every,
-            precision=args.precision,
-            compile=(args.compile_backend or True) if args.compile else False,
-            accumulate=args.accumulate,
-            run_info=run_info,
-        )
+        settings = train_config.from_arguments(args, objective_options=overrides["objective"])
+        history = fit(model, train, settings, val=val, out=out, run_info=run_info)
         progress.update(step=history.steps, checkpoint=out / "checkpoint.pt")
         ev = evaluate(model, val if val is not None else train, seed=args.seed)
     print(
@@ -397,52 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded dataset name, a .npy/.npz/.csv file, an IDX file (*-ubyte[.gz]) or a "
         "folder of PNG/JPEG images; options after '#' (see ppgen.datasets.load)",
     )
-    f.add_argument("--steps", type=int, default=2000)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=None)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="auto")
     f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
-    f.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (from scratch when it has no checkpoint yet)",
-    )
-    f.add_argument(
-        "--overwrite", action="store_true", help="replace the run --out holds (refused without)"
-    )
-    f.add_argument("--objective", default=None)
-    f.add_argument("--ema", type=float, default=None)
-    f.add_argument("--clip-grad", type=float, default=None)
-    f.add_argument(
-        "--patience",
-        type=int,
-        default=None,
-        help="validations without improvement before stopping early, keeping the best weights "
-        "(default: ppgen.fit's 'auto'; 0 trains every step and keeps the last weights)",
-    )
-    f.add_argument("--eval-every", type=int, default=None, help="steps between validations")
-    f.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
-    )
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
-    f.add_argument(
-        "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
-    )
-    f.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    f.add_argument(
-        "--compile-backend",
-        default=None,
-        metavar="NAME",
-        help="torch.compile backend for --compile (default inductor; aot_eager, eager...)",
-    )
-    f.add_argument(
-        "--accumulate",
-        type=int,
-        default=1,
-        help="gradient accumulation: micro-batches per process and step",
-    )
-    f.add_argument("--no-progress", action="store_true")
+    train_config.add_arguments(f)  # one flag per TrainConfig field, with its default and help
     f.set_defaults(fn=cmd_fit)
 
     e = sub.add_parser("evaluate", help="labelled likelihood (and metrics) of a trained run")
