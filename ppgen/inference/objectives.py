@@ -574,10 +574,10 @@ class ELBO(AbstractObjective):
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
     ) -> Tensor:
         """The per-example Renyi bound, ``(N,)``."""
-        from ppgen.inference.likelihood import _probe, importance_log_weights
+        from ppgen.models.traces import importance_log_weights, probe
 
         if self._nesting is None:
-            _, gt, self._nesting = _probe(model.model, model.guide, x, context)
+            _, gt, self._nesting = probe(model.model, model.guide, x, context)
             assert gt is not None
             from pyro.poutine.util import site_is_subsample
 
