@@ -23,6 +23,7 @@ __all__ = [
     "data_dim",
     "importance_log_weights",
     "latent_names",
+    "log_weight_per_example",
     "log_density",
     "log_mean_exp",
     "particle_chunk",
@@ -135,6 +136,26 @@ def spread_over_examples(lp: Tensor, n: int) -> Tensor:
     if lp.dim() == 0 or lp.shape[-1] != n:
         return lp.sum().expand(n) / n
     return lp.reshape(-1, n).sum(0)
+
+
+def log_weight_per_example(model_trace: Any, guide_trace: Any, n: int) -> Tensor:
+    """``log p(x, z) - log q(z | x)`` per example, ``(N,)``, from one pair of traces (no
+    particle dim) whose sites live in plate ``data``: the one-sample ELBO. Sites outside the
+    data plate (global latents) are spread evenly over the N examples
+    (:func:`spread_over_examples`)."""
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    total = None
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            lp = site["log_prob"]
+            if total is None:
+                total = lp.new_zeros(n)
+            total = total + sign * spread_over_examples(lp, n)
+    assert total is not None, "the traces hold no sample site"
+    return total
 
 
 def log_density(
