@@ -1,11 +1,5 @@
-"""The objective protocol and the objective registry.
-
-An objective is an ``nn.Module`` (so it can own modules of its own, such as a GAN's
-discriminator, and they land in the checkpoint). It tells the trainer which parameter groups
-exist (one optimizer each), which groups update at a step and in what order, and the scalar
-loss of each. The trainer owns everything else: batching, devices, clipping, the non-finite
-guard, EMA and checkpoints. Like Pyro's ``ELBO`` -> ``ELBOModule``, but without a global
-param store.
+"""The objective protocol (:class:`AbstractObjective`, what the trainer asks of an objective)
+and the objective registry.
 
 Each objective module registers its class here with :func:`register_objective` when it is
 imported; the package ``ppgen.inference`` imports them in order, so :func:`make_objective` knows
