@@ -24,6 +24,7 @@ import torch
 
 from ppgen import datasets, models, run_directory
 from ppgen.datasets.base import Dataset
+from ppgen.inference import train_config
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
 from ppgen.models.base import AbstractGenerativeModel
@@ -167,31 +168,8 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if ":" in args.model:  # a user's class or builder: how evaluate/sample rebuild it
             run_info["builder"] = args.model
             run_info["builder_options"] = overrides["model"]
-        history = fit(
-            model,
-            train,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            val=val,
-            out=out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            objective=args.objective,
-            objective_options=overrides["objective"] or None,
-            ema=args.ema,
-            clip_grad=args.clip_grad,
-            patience="auto" if args.patience is None else (args.patience or None),
-            eval_every=args.eval_every,
-            checkpoint_every=args.checkpoint_every,
-            precision=args.precision,
-            compile=(args.compile_backend or True) if args.compile else False,
-            accumulate=args.accumulate,
-            run_info=run_info,
-        )
+        settings = train_config.from_arguments(args, objective_options=overrides["objective"])
+        history = fit(model, train, settings, val=val, out=out, run_info=run_info)
         progress.update(step=history.steps, checkpoint=out / "checkpoint.pt")
         ev = evaluate(model, val if val is not None else train, seed=args.seed)
     print(
@@ -379,6 +357,43 @@ def _nearest_flag(flag: str, parser: argparse.ArgumentParser) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def _estimator_names() -> list[str]:
+    from ppgen.inference.likelihood import ESTIMATORS
+
+    return sorted(ESTIMATORS)
+
+
+def _trust_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the user code (module:Class or builder) the run directory names; this runs "
+        "that code: only for runs you trust",
+    )
+
+
+def _run_arguments(p: argparse.ArgumentParser, runs: tuple[str, ...] = ("run",)) -> None:
+    """What every command that reads runs takes: the runs, the data and split, --trust-code."""
+    for run in runs:
+        p.add_argument(run, help="run directory or checkpoint file")
+    p.add_argument("--data", default=None,
+                   help="dataset to score on (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    _trust_argument(p)
+
+
+def _common_arguments(
+    p: argparse.ArgumentParser, *, device: bool = True, progress: bool = False
+) -> None:
+    """--seed (every command), --device and --no-progress where they apply."""
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if device:
+        p.add_argument("--device", default="auto",
+                       help="auto (CUDA when present), cpu, cuda, cuda:1... (default: auto)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ppgen", description=__doc__.splitlines()[0], allow_abbrev=False
@@ -397,135 +412,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded dataset name, a .npy/.npz/.csv file, an IDX file (*-ubyte[.gz]) or a "
         "folder of PNG/JPEG images; options after '#' (see ppgen.datasets.load)",
     )
-    f.add_argument("--steps", type=int, default=2000)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=None)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="auto")
     f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
-    f.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (from scratch when it has no checkpoint yet)",
-    )
-    f.add_argument(
-        "--overwrite", action="store_true", help="replace the run --out holds (refused without)"
-    )
-    f.add_argument("--objective", default=None)
-    f.add_argument("--ema", type=float, default=None)
-    f.add_argument("--clip-grad", type=float, default=None)
-    f.add_argument(
-        "--patience",
-        type=int,
-        default=None,
-        help="validations without improvement before stopping early, keeping the best weights "
-        "(default: ppgen.fit's 'auto'; 0 trains every step and keeps the last weights)",
-    )
-    f.add_argument("--eval-every", type=int, default=None, help="steps between validations")
-    f.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
-    )
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
-    f.add_argument(
-        "--precision", default="float32", choices=["float32", "bf16"], help="bf16 autocast"
-    )
-    f.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    f.add_argument(
-        "--compile-backend",
-        default=None,
-        metavar="NAME",
-        help="torch.compile backend for --compile (default inductor; aot_eager, eager...)",
-    )
-    f.add_argument(
-        "--accumulate",
-        type=int,
-        default=1,
-        help="gradient accumulation: micro-batches per process and step",
-    )
-    f.add_argument("--no-progress", action="store_true")
+    train_config.add_arguments(f)  # one flag per TrainConfig field, with its default and help
     f.set_defaults(fn=cmd_fit)
 
     e = sub.add_parser("evaluate", help="labelled likelihood (and metrics) of a trained run")
-    e.add_argument("run", help="run directory or checkpoint file")
-    e.add_argument("--data", default=None)
-    e.add_argument("--split", default="test")
-    e.add_argument("--estimator", default="auto")
-    e.add_argument("--num-particles", type=int, default=None)
+    _run_arguments(e)
+    e.add_argument(
+        "--estimator",
+        default="auto",
+        help="likelihood estimator: auto (the model's exact density, else its bound, else an "
+        f"estimate) or one of {', '.join(_estimator_names())} (default: auto)",
+    )
+    e.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="samples per example of a stochastic estimator (default: the estimator's)",
+    )
     e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
     e.add_argument("--json", default=None, help="also write the results as JSON here")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto")
-    e.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="import the user code (module:Class or builder) the run directory names; this runs "
-        "that code: only for runs you trust",
-    )
+    _common_arguments(e)
     e.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("run")
-    s.add_argument("-n", type=int, default=64)
-    s.add_argument("-o", "--output", default="samples.png", help=".png grid or .npy array")
+    s.add_argument("run", help="run directory or checkpoint file")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("-o", "--output", default="samples.png",
+                   help=".png grid or .npy array (default: samples.png)")
     s.add_argument(
         "--labels",
         default=None,
         help="class labels of a conditional model: one (every sample) or a comma list (cycled)",
     )
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="import the user code (module:Class or builder) the run directory names; this runs "
-        "that code: only for runs you trust",
-    )
+    _trust_argument(s)
+    _common_arguments(s)
     s.set_defaults(fn=cmd_sample)
 
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
-    c.add_argument("--data", default=None)
-    c.add_argument("--split", default="test")
-    c.add_argument("--seed", type=int, default=0)
+    _run_arguments(c, runs=("run_a", "run_b"))
     c.add_argument(
         "--allow-mixed-kinds",
         action="store_true",
         help="compare an exact likelihood with a bound or an estimate (labelled in the output)",
     )
     c.add_argument("--json", default=None, help="also write the comparison as JSON here")
-    c.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="import the user code (module:Class or builder) the run directory names; this runs "
-        "that code: only for runs you trust",
-    )
+    _common_arguments(c, device=False)
     c.set_defaults(fn=cmd_compare)
 
     i = sub.add_parser("inspect", help="posteriors and latents of a latent-variable run")
-    i.add_argument("run")
-    i.add_argument("--data", default=None)
-    i.add_argument("--split", default="test")
-    i.add_argument("--out", default=None)
-    i.add_argument("--num-points", type=int, default=4)
-    i.add_argument("--method", default="nuts", choices=["nuts", "guide"])
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="import the user code (module:Class or builder) the run directory names; this runs "
-        "that code: only for runs you trust",
-    )
+    _run_arguments(i)
+    i.add_argument("--out", default=None, help="where the report goes (default: the run)")
+    i.add_argument("--num-points", type=int, default=4,
+                   help="test points whose posteriors are drawn (default: 4)")
+    i.add_argument("--method", default="nuts", choices=["nuts", "guide"],
+                   help="posterior of each point: NUTS, or the guide (default: nuts)")
+    _common_arguments(i, device=False)
     i.set_defaults(fn=cmd_inspect)
 
     b = sub.add_parser("benchmark", help="every family side by side on the same data")
-    b.add_argument("--data", default="digits")
-    b.add_argument("--preset", default="quick")
-    b.add_argument("--families", nargs="*", default=None)
-    b.add_argument("--out", default="runs/benchmark")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--data", default="digits", help="dataset (default: digits)")
+    b.add_argument("--preset", default="quick",
+                   help="budgets: tiny, quick or full (default: quick)")
+    b.add_argument("--families", nargs="*", default=None,
+                   help="only these families (default: the preset's)")
+    b.add_argument("--out", default="runs/benchmark",
+                   help="report directory (default: runs/benchmark)")
+    _common_arguments(b, progress=True)
     b.set_defaults(fn=cmd_benchmark)
     return p
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ppgen.inference.objectives import AbstractObjective
+from ppgen.inference.objectives.base import AbstractObjective, register_objective
 from ppgen.models.base import AbstractGenerativeModel
 
 
+@register_objective
 class Adversarial(AbstractObjective):
     r"""Adversarial training of an implicit model (a GAN's generator) against a discriminator.
 

@@ -5,7 +5,7 @@ AIS (Neal 2001) anneals from the prior to the posterior of the latents through
 :math:`p(z)\,p(x \mid z)^{\beta_t}` with HMC transitions; the mean of its importance weights is
 unbiased for :math:`p(x)`, so its log is an *estimate* that is low in expectation (labelled
 ``estimate``). On an implicit model (a ``Delta`` at ``"x"``), the observation is smoothed to
-``Normal(G(z), s)`` first (:func:`ppgen.inference.likelihood.smooth_delta`).
+``Normal(G(z), s)`` first (:func:`ppgen.inference.implicit.smooth_delta`).
 
 References:
     Neal (2001), Annealed importance sampling, arXiv:physics/9803008.
@@ -37,22 +37,9 @@ from pyro import poutine
 from torch import Tensor
 
 from ppgen.datasets.base import Dataset
-from ppgen.inference.likelihood import (
-    Kind,
-    _chunk,
-    _data_dim,
-    _latent_names,
-    _log_density,
-    _log_mean_exp,
-    _observation_scale,
-    _particles,
-    _plate_nesting,
-    _probe,
-    _require_local,
-    evaluate,
-    register_estimator,
-    smooth_delta,
-)
+from ppgen.inference.implicit import resolve_observation_scale, smooth_delta
+from ppgen.inference.likelihood import Kind, evaluate, register_estimator
+from ppgen.models import traces
 from ppgen.models.base import AbstractGenerativeModel
 
 AIS_PARTICLES = 16
@@ -137,18 +124,18 @@ class _AnnealingTarget:
             j = j.reshape(self.k, self.n, -1).sum(-1)
             ladj = j if ladj is None else ladj + j
         assert ladj is not None
-        with _particles(self.k, self.nesting):
+        with traces.particles(self.k, self.nesting):
             mt = poutine.trace(poutine.condition(self.model_fn, data=z)).get_trace(
                 self.x, self.context
             )
-            log_f1 = _log_density(mt, None, rank, self.data_dim, self.k, self.n) + ladj
+            log_f1 = traces.log_density(mt, None, rank, self.data_dim, self.k, self.n) + ladj
             if self.guide_fn is None:
-                log_f0 = _log_density(mt, self.names, rank, self.data_dim, self.k, self.n)
+                log_f0 = traces.log_density(mt, self.names, rank, self.data_dim, self.k, self.n)
             else:
                 gt = poutine.trace(poutine.condition(self.guide_fn, data=z)).get_trace(
                     self.x, self.context
                 )
-                log_f0 = _log_density(gt, self.names, rank, self.data_dim, self.k, self.n)
+                log_f0 = traces.log_density(gt, self.names, rank, self.data_dim, self.k, self.n)
         return log_f0 + ladj, log_f1
 
     def with_grad(
@@ -265,22 +252,22 @@ def _ais_target(
     probe_x: Tensor | None = None,
 ) -> tuple[_AnnealingTarget, dict[str, Any]]:
     """The annealing target and a probe trace for ``model`` on ``x`` with K particles."""
-    model_fn = smooth_delta(model.model, _observation_scale(model, observation_scale))
+    model_fn = smooth_delta(model.model, resolve_observation_scale(model, observation_scale))
     xp = x if probe_x is None else probe_x
-    mt, gt, nesting = _probe(model_fn, model.guide, xp, context)
-    names = _latent_names(mt)
+    mt, gt, nesting = traces.probe(model_fn, model.guide, xp, context)
+    names = traces.latent_names(mt)
     if not names:
         raise ValueError("AIS needs latent sites; this model has none (use 'exact' or 'iwae')")
     if initial not in ("auto", "guide", "prior"):
         raise ValueError(f"initial must be auto, guide or prior, got {initial!r}")
-    guided = set(_latent_names(gt)) if gt is not None else set()
+    guided = set(traces.latent_names(gt)) if gt is not None else set()
     use_guide = initial == "guide" or (initial == "auto" and set(names) <= guided)
     if use_guide and not set(names) <= guided:
         raise ValueError(
             f"initial='guide' needs the guide to sample every latent site {names}; it samples "
             f"{sorted(guided)}; use initial='prior'"
         )
-    data_dim = _data_dim(mt)
+    data_dim = traces.data_dim(mt)
     if data_dim != -nesting:
         raise ValueError(
             "AIS expects pyro.plate('data', N) to be the outermost plate of the program"
@@ -292,7 +279,7 @@ def _ais_target(
             raise ValueError(f"AIS with HMC needs continuous latents; site {name!r} is discrete")
         transforms[name] = torch.distributions.biject_to(fn.support)
         event_dims[name] = fn.event_dim
-        _require_local(mt.nodes[name])
+        traces.require_local(mt.nodes[name])
     n = xp.shape[0]
     target = _AnnealingTarget(
         model_fn, model.guide if use_guide else None, x, context, names, transforms,
@@ -304,7 +291,7 @@ def _ais_target(
 def _initial_latents(target: _AnnealingTarget) -> dict[str, Tensor]:
     """K draws per example from f_0 (the guide, or the prior inside the model)."""
     fn = target.guide_fn if target.guide_fn is not None else target.model_fn
-    with torch.no_grad(), _particles(target.k, target.nesting):
+    with torch.no_grad(), traces.particles(target.k, target.nesting):
         tr = poutine.trace(fn).get_trace(target.x, target.context)
     out = {}
     for name in target.names:
@@ -378,7 +365,7 @@ def estimate_ais(
     if num_particles < 1 or leapfrog_steps < 1:
         raise ValueError("num_particles and leapfrog_steps must be positive")
     betas = annealing_schedule(num_steps, schedule)
-    chunk = _chunk(num_particles, model, x.shape[0], particle_chunk)
+    chunk = traces.particle_chunk(num_particles, model, x.shape[0], particle_chunk)
     parts = []
     for start in range(0, num_particles, chunk):
         kc = min(chunk, num_particles - start)
@@ -386,7 +373,7 @@ def estimate_ais(
         z0 = _initial_latents(target)
         parts.append(_run_ais(target, z0, betas, leapfrog_steps=leapfrog_steps,
                               step_size=step_size, target_accept=target_accept))
-    return _log_mean_exp(torch.cat(parts)), "estimate"
+    return traces.log_mean_exp(torch.cat(parts)), "estimate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,7 +442,7 @@ def bdmc(
         (torch.Size([3]), torch.Size([3]))
     """
     betas = annealing_schedule(num_steps, schedule)
-    scale = _observation_scale(model, observation_scale)
+    scale = resolve_observation_scale(model, observation_scale)
     model_fn = smooth_delta(model.model, scale)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -463,7 +450,7 @@ def bdmc(
         # 1. simulate (x, z) ~ p: N draws under an outer plate left of the program's plates
         with torch.no_grad():
             probe = poutine.trace(model_fn).get_trace(None, context)
-            nesting = _plate_nesting(probe)
+            nesting = traces.plate_nesting(probe)
             if context is None:
                 with pyro.plate("bdmc", num_examples, dim=-(nesting + 1)):
                     tr = poutine.trace(model_fn).get_trace(None, context)
@@ -471,17 +458,17 @@ def bdmc(
                 tr = probe
         n = num_examples if context is None else context.shape[0]
         x = tr.nodes["x"]["value"].reshape(n, *model.event_shape)
-        latents = _latent_names(tr)
+        latents = traces.latent_names(tr)
         z_true = {nm: tr.nodes[nm]["value"].reshape(n, *tr.nodes[nm]["fn"].event_shape)
                   for nm in latents}
         target, _info = _ais_target(model, x, context, num_particles, initial, scale)
         kw = {"leapfrog_steps": leapfrog_steps, "step_size": step_size,
               "target_accept": target_accept}
         # 2. forward AIS from f_0: a stochastic lower bound
-        lower = _log_mean_exp(_run_ais(target, _initial_latents(target), betas, **kw))
+        lower = traces.log_mean_exp(_run_ais(target, _initial_latents(target), betas, **kw))
         # 3. reverse AIS from the exact latents: minus a lower bound on log 1/p(x)
         z0 = {nm: v.unsqueeze(0).expand(num_particles, *v.shape) for nm, v in z_true.items()}
-        upper = -_log_mean_exp(_run_ais(target, z0, betas, reverse=True, **kw))
+        upper = -traces.log_mean_exp(_run_ais(target, z0, betas, reverse=True, **kw))
     return Sandwich(lower.detach(), upper.detach(), x)
 
 

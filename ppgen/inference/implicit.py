@@ -10,11 +10,22 @@ model sample, differentiable in the generator's parameters). Nothing here names 
 
 from __future__ import annotations
 
-__all__ = ["ImplicitSiteError", "delta_location", "observed_and_generated"]
+__all__ = [
+    "ImplicitSiteError",
+    "delta_location",
+    "observed_and_generated",
+    "resolve_observation_scale",
+    "smooth_delta",
+]
+
+from collections.abc import Callable
+from typing import Any
 
 import pyro.distributions as dist
+import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from ppgen.models.base import AbstractGenerativeModel
@@ -70,3 +81,70 @@ def observed_and_generated(
     if generated.shape != observed.shape:
         generated = generated.expand(observed.shape)
     return observed, generated
+
+
+# ---- the smoothed observation of an implicit model (AIS, posterior sampling) -------------------
+
+class _SmoothDelta(Messenger):
+    r"""Replaces a deterministic (``Delta``) observation at site ``"x"`` by a Gaussian one,
+    :math:`p(x \mid z) = \mathcal N(x; g(z), s^2 I)` (Wu et al. 2017, arXiv:1611.04273), so an
+    implicit model's likelihood can be estimated (AIS) and its latents inferred (NUTS).
+
+    Sites whose ``fn`` is not a Delta (once ``Independent``/``Masked`` wrappers are removed) pass
+    through unchanged, so wrapping an explicit model is a no-op.
+    """
+
+    def __init__(self, scale: float | None) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["name"] != "x" or not msg["is_observed"]:
+            return
+        fn, event_dim = msg["fn"], 0
+        while True:
+            if isinstance(fn, dist.Independent | torch.distributions.Independent):
+                event_dim += fn.reinterpreted_batch_ndims
+                fn = fn.base_dist
+            elif isinstance(fn, dist.MaskedDistribution):
+                fn = fn.base_dist
+            else:
+                break
+        if isinstance(fn, dist.ExpandedDistribution) and isinstance(fn.base_dist, dist.Delta):
+            base = fn.base_dist
+            v = base.v.expand(fn.batch_shape + base.event_shape)
+            event_dim += base.event_dim
+        elif isinstance(fn, dist.Delta):
+            v, event_dim = fn.v, event_dim + fn.event_dim
+        else:
+            return
+        if self.scale is None:
+            raise ValueError(
+                "the model's observed site 'x' is deterministic (a Delta: an implicit model); "
+                "its likelihood needs a Gaussian observation scale s: pass "
+                "observation_scale=s (e.g. from ppgen.inference.likelihood."
+                "select_observation_scale(model, val_data)) or give the model an "
+                "observation_scale property"
+            )
+        msg["fn"] = dist.Normal(v, torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
+                                ).to_event(event_dim)
+
+
+def smooth_delta(fn: Callable[..., Any], scale: float | None) -> Callable[..., Any]:
+    """``fn`` (a Pyro program) with a deterministic observation at ``"x"`` made Gaussian with
+    standard deviation ``scale`` (see :class:`_SmoothDelta`); a no-op on explicit models."""
+
+    def smoothed(*args: Any, **kwargs: Any) -> Any:
+        with _SmoothDelta(scale):
+            return fn(*args, **kwargs)
+
+    return smoothed
+
+
+def resolve_observation_scale(model: AbstractGenerativeModel, scale: float | None) -> float | None:
+    """The Gaussian observation scale for an implicit model: the option, else the model's."""
+    if scale is not None:
+        if not scale > 0:
+            raise ValueError(f"observation_scale must be positive, got {scale}")
+        return float(scale)
+    return model.observation_scale

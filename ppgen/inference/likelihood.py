@@ -9,8 +9,12 @@ standard errors. ``bits/dim = nats / (D ln 2)``.
 (uniform dequantization) is a stochastic *lower bound* on the discrete likelihood, and is
 labelled so.
 
-This module holds the units, the estimator registry, :func:`evaluate` and the exact, ELBO,
-IWAE and Parzen estimators; AIS and BDMC live in :mod:`ppgen.inference.ais` (re-exported here).
+This module holds the units, :class:`Evaluation`, the estimator registry and :func:`evaluate`.
+The estimators register themselves from their own modules, which the package
+``ppgen.inference`` imports in order: the exact, ELBO, IWAE and Parzen estimators in
+:mod:`ppgen.inference.estimators`, AIS and BDMC in :mod:`ppgen.inference.ais`. Their names stay
+importable from here (resolved on first use, so this module imports neither); the Pyro-trace
+helpers they share are :mod:`ppgen.models.traces`.
 """
 
 from __future__ import annotations
@@ -44,21 +48,36 @@ __all__ = [
 ]
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyro
-import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from ppgen.datasets.base import Dataset
 from ppgen.datasets.validation import as_batch
+from ppgen.inference.implicit import smooth_delta
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.traces import GlobalLatentError, WeightError, importance_log_weights
+
+if TYPE_CHECKING:  # resolved at run time by __getattr__ below (they import this module)
+    from ppgen.inference.ais import (
+        AIS_PARTICLES,
+        Sandwich,
+        annealing_schedule,
+        bdmc,
+        estimate_ais,
+        select_observation_scale,
+    )
+    from ppgen.inference.estimators import (
+        IWAE_PARTICLES,
+        estimate_elbo,
+        estimate_exact,
+        estimate_iwae,
+        select_parzen_bandwidth,
+    )
 
 Kind = Literal["exact", "lower_bound", "estimate"]
 LN2 = math.log(2.0)
@@ -336,139 +355,6 @@ def register_estimator(
     return add
 
 
-@register_estimator("exact")
-def estimate_exact(
-    model: AbstractGenerativeModel, x: Tensor, context: Tensor | None = None, **_: Any
-) -> tuple[Tensor, Kind]:
-    """The model's exact ``log_prob``; a lower bound when the model dequantizes."""
-    if model.likelihood != "exact":
-        raise ValueError(
-            f"{type(model).__name__} has no exact likelihood (declares {model.likelihood!r}); "
-            "use estimator='auto'"
-        )
-    kind: Kind = "lower_bound" if model.dequantizes else "exact"
-    return model.log_prob(x, context), kind
-
-
-@register_estimator("elbo")
-def estimate_elbo(
-    model: AbstractGenerativeModel,
-    x: Tensor,
-    context: Tensor | None = None,
-    *,
-    num_particles: int | None = None,
-    **options: Any,
-) -> tuple[Tensor, Kind]:
-    """The family's per-example evidence lower bound (``model.elbo``); ``options`` go to
-    ``model.elbo`` (e.g. diffusion's ``method="importance", num_t=64``)."""
-    if model.likelihood == "none":
-        raise ValueError(f"{type(model).__name__} is implicit: it has no ELBO; use 'ais'")
-    if options:
-        import inspect
-
-        try:
-            inspect.signature(model.elbo).bind(x, context, **options)
-        except TypeError as e:
-            name = type(model).__name__
-            raise ValueError(f"{name}.elbo does not take {sorted(options)}: {e}") from None
-    return model.elbo(x, context, **options), "lower_bound"
-
-
-@register_estimator("parzen", num_particles=10_000, shared_draws=True)
-def estimate_parzen(
-    model: AbstractGenerativeModel,
-    x: Tensor,
-    context: Tensor | None = None,
-    *,
-    num_particles: int = 10_000,
-    bandwidth: float | None = None,
-    **_: Any,
-) -> tuple[Tensor, Kind]:
-    r"""Parzen-window estimate from model samples: **a discouraged baseline**, kept only to
-    reproduce numbers from the GAN literature. Use ``"ais"`` for implicit models.
-
-    A Gaussian kernel density on ``n = num_particles`` generated points :math:`g_j` (the Delta
-    locations at the implicit model's ``"x"`` site, drawn from the prior), scored at the
-    values the model observes (for discrete data, its program's dequantized ``v + u``):
-
-    .. math:: \log \hat p(x) = \log \frac{1}{n} \sum_{j=1}^{n}
-        \mathcal{N}(x;\, g_j, h^2 I).
-
-    Theis et al. (2016) show why it should not be trusted: in more than a few dimensions it is
-    far from the true log-likelihood even with millions of samples, and it can rank models in
-    the wrong order; a model that memorizes its training data scores well. Labelled
-    ``estimate`` (it is neither exact nor a bound).
-
-    Arguments:
-        model: an implicit model (its ``"x"`` site a Delta).
-        x: data ``(N, *event_shape)``.
-        context: context rows for a conditional model.
-        num_particles: generated points in the kernel density.
-        bandwidth: kernel width ``h`` in the model's space; None uses Scott's rule on the
-            generated points (choose it on validation data with :func:`select_parzen_bandwidth`).
-
-    Returns:
-        ``(Tensor[N] of log-density estimates in nats, "estimate")``.
-
-    References:
-        Theis, van den Oord & Bethge (2016), A note on the evaluation of generative models,
-        arXiv:1511.01844. Breuleux, Bengio & Vincent (2011), Neural Computation 23(8).
-    """
-    from ppgen.inference.implicit import observed_and_generated
-
-    observed, generated = observed_and_generated(model, x, context)
-    pool = [generated.reshape(len(x), -1)]
-    while sum(len(p) for p in pool) < num_particles:
-        pool.append(observed_and_generated(model, x, context)[1].reshape(len(x), -1))
-    samples = torch.cat(pool)[:num_particles]  # (n, D)
-    points = observed.reshape(len(x), -1)  # (N, D)
-    n, d = samples.shape
-    if bandwidth is None:  # Scott's rule on the generated points
-        bandwidth = float(samples.std(0).mean()) * n ** (-1.0 / (d + 4))
-    if not bandwidth > 0:
-        raise ValueError(f"the Parzen bandwidth must be positive, got {bandwidth}")
-    log_kernel = []
-    for chunk in samples.split(4096):
-        sq = torch.cdist(points.double(), chunk.double()).pow(2)  # (N, chunk)
-        log_kernel.append(-0.5 * sq / bandwidth**2)
-    log_norm = 0.5 * d * math.log(2 * math.pi * bandwidth**2) + math.log(n)
-    value = torch.logsumexp(torch.cat(log_kernel, dim=1), dim=1) - log_norm
-    return value.to(x.dtype), "estimate"
-
-
-def select_parzen_bandwidth(
-    model: AbstractGenerativeModel,
-    data: Dataset | Tensor,
-    grid: tuple[float, ...] | None = None,
-    num_particles: int = 10_000,
-    seed: int = 0,
-) -> float:
-    """The Parzen bandwidth (from ``grid``) that maximizes the mean estimate on ``data``
-    (validation data, never the test split), as in Goodfellow et al. (2014).
-
-    Arguments:
-        model: an implicit model.
-        data: validation data.
-        grid: candidate bandwidths in the model's space (default: 20 values log-spaced from
-            1e-3 to 10 times the data's standard deviation).
-        num_particles: generated points in the kernel density.
-        seed: seeds the draws, the same for every candidate.
-
-    Returns:
-        The best bandwidth.
-    """
-    x = data.data if isinstance(data, Dataset) else data
-    if grid is None:
-        scale = float(x.reshape(len(x), -1).float().std(0).mean().clamp_min(1e-3))
-        grid = tuple(float(v) for v in torch.logspace(-3, 1, 20) * scale)
-    scores = [
-        evaluate(model, data, estimator="parzen", num_particles=num_particles, seed=seed,
-                 bandwidth=h, mc_examples=0).nats
-        for h in grid
-    ]
-    return grid[min(range(len(grid)), key=scores.__getitem__)]
-
-
 def _convention(model: AbstractGenerativeModel) -> str:
     cfg = model.config
     if model.likelihood == "none":  # implicit: only a smoothed version has a likelihood
@@ -703,315 +589,23 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-# ---- latent-variable estimators from Pyro traces: IWAE, AIS, BDMC -------------------------------
-#
-# Every estimator below runs ``model.model`` / ``model.guide`` as Pyro programs under an outer
-# ``pyro.plate("particles", K)`` placed to the left of the program's own plates, so K particles
-# of N examples are one vectorized pass (the particle-broadcast contract of every family). Sites
-# inside ``pyro.plate("data", N)`` give one log-density per (particle, example); a latent site
-# outside the data plate (a global latent) has no per-example bound and is refused.
-
-IWAE_PARTICLES = 1000
-_ELEMENT_BUDGET = 2**25  # particles per chunk: at most ~this many scalars in a (K, N, D, levels)
-
-
-class GlobalLatentError(ValueError):
-    """A latent site lies outside ``pyro.plate("data", N)``: per-example estimates need local
-    latents."""
-
-
-class WeightError(ValueError):
-    """Importance log-weights with no usable value: NaN or +inf anywhere, or -inf for every
-    particle of an example (so log-mean-exp would return NaN, +inf or -inf)."""
+# Names that moved to the estimators' own modules, still importable from here: resolved on first
+# use (PEP 562), so this module imports neither of the modules that import it.
+_MOVED = {
+    **dict.fromkeys(
+        ("IWAE_PARTICLES", "estimate_elbo", "estimate_exact", "estimate_iwae",
+         "estimate_parzen", "select_parzen_bandwidth"),
+        "ppgen.inference.estimators",
+    ),
+    **dict.fromkeys(
+        ("AIS_PARTICLES", "Sandwich", "annealing_schedule", "bdmc", "estimate_ais",
+         "select_observation_scale"),
+        "ppgen.inference.ais",
+    ),
+}
 
 
-class _SmoothDelta(Messenger):
-    r"""Replaces a deterministic (``Delta``) observation at site ``"x"`` by a Gaussian one,
-    :math:`p(x \mid z) = \mathcal N(x; g(z), s^2 I)` (Wu et al. 2017, arXiv:1611.04273), so an
-    implicit model's likelihood can be estimated (AIS) and its latents inferred (NUTS).
-
-    Sites whose ``fn`` is not a Delta (once ``Independent``/``Masked`` wrappers are removed) pass
-    through unchanged, so wrapping an explicit model is a no-op.
-    """
-
-    def __init__(self, scale: float | None) -> None:
-        super().__init__()
-        self.scale = scale
-
-    def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["name"] != "x" or not msg["is_observed"]:
-            return
-        fn, event_dim = msg["fn"], 0
-        while True:
-            if isinstance(fn, dist.Independent | torch.distributions.Independent):
-                event_dim += fn.reinterpreted_batch_ndims
-                fn = fn.base_dist
-            elif isinstance(fn, dist.MaskedDistribution):
-                fn = fn.base_dist
-            else:
-                break
-        if isinstance(fn, dist.ExpandedDistribution) and isinstance(fn.base_dist, dist.Delta):
-            base = fn.base_dist
-            v = base.v.expand(fn.batch_shape + base.event_shape)
-            event_dim += base.event_dim
-        elif isinstance(fn, dist.Delta):
-            v, event_dim = fn.v, event_dim + fn.event_dim
-        else:
-            return
-        if self.scale is None:
-            raise ValueError(
-                "the model's observed site 'x' is deterministic (a Delta: an implicit model); "
-                "its likelihood needs a Gaussian observation scale s: pass "
-                "observation_scale=s (e.g. from ppgen.inference.likelihood."
-                "select_observation_scale(model, val_data)) or give the model an "
-                "observation_scale property"
-            )
-        msg["fn"] = dist.Normal(v, torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
-                                ).to_event(event_dim)
-
-
-def smooth_delta(fn: Callable[..., Any], scale: float | None) -> Callable[..., Any]:
-    """``fn`` (a Pyro program) with a deterministic observation at ``"x"`` made Gaussian with
-    standard deviation ``scale`` (see :class:`_SmoothDelta`); a no-op on explicit models."""
-
-    def smoothed(*args: Any, **kwargs: Any) -> Any:
-        with _SmoothDelta(scale):
-            return fn(*args, **kwargs)
-
-    return smoothed
-
-
-def _observation_scale(model: AbstractGenerativeModel, scale: float | None) -> float | None:
-    """The Gaussian observation scale for an implicit model: the option, else the model's."""
-    if scale is not None:
-        if not scale > 0:
-            raise ValueError(f"observation_scale must be positive, got {scale}")
-        return float(scale)
-    return model.observation_scale
-
-
-def _sample_sites(trace: Any) -> dict[str, dict[str, Any]]:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["infer"].get("_deterministic", False)
-    }
-
-
-def _latent_names(trace: Any) -> list[str]:
-    return [n for n, s in _sample_sites(trace).items() if not s["is_observed"]]
-
-
-def _plate_nesting(*traces: Any) -> int:
-    """The number of batch dims the programs' own plates occupy (Pyro's max_plate_nesting)."""
-    nest = 0
-    for trace in traces:
-        for site in _sample_sites(trace).values():
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim is not None:
-                    nest = max(nest, -frame.dim)
-    return nest
-
-
-def _data_dim(trace: Any) -> int:
-    """The batch dim of ``pyro.plate("data", N)`` at the observed site ``"x"``."""
-    site = trace.nodes.get("x")
-    if site is None or site["type"] != "sample" or not site["is_observed"]:
-        raise ValueError("the model has no observed site 'x'; observe the data at site 'x'")
-    for frame in site["cond_indep_stack"]:
-        if frame.name == "data" and frame.dim is not None:
-            return frame.dim
-    raise ValueError("the observed site 'x' must lie inside pyro.plate('data', N)")
-
-
-def _require_local(site: dict[str, Any]) -> None:
-    if not any(f.name == "data" for f in site["cond_indep_stack"]):
-        raise GlobalLatentError(
-            f"site {site['name']!r} lies outside pyro.plate('data', N): a per-example estimate "
-            "(IWAE, AIS) needs every site inside the data plate; use estimator='elbo' for "
-            "models with global latents"
-        )
-
-
-def _per_example(lp: Tensor, site: dict[str, Any], rank: int, data_dim: int,
-                 k: int, n: int) -> Tensor:
-    """A site's log-density (its batch shape, particles at dim ``-rank``) as ``(K, N)``:
-    summed over every plate other than particles and data."""
-    _require_local(site)
-    if lp.dim() > rank:
-        raise ValueError(
-            f"site {site['name']!r} has batch shape {tuple(lp.shape)} wider than its plates; "
-            "declare event dims with .to_event()"
-        )
-    lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
-    others = [d for d in range(1, rank) if d != rank + data_dim]
-    if others:
-        lp = lp.sum(others)
-    return lp.expand(k, n)
-
-
-def _log_density(
-    trace: Any, names: list[str] | None, rank: int, data_dim: int, k: int, n: int
-) -> Tensor:
-    """Sum of the per-example log-densities ``(K, N)`` of sites ``names`` (all when None)."""
-    trace.compute_log_prob()
-    sites = _sample_sites(trace)
-    total = None
-    for name, site in sites.items():
-        if names is not None and name not in names:
-            continue
-        lp = _per_example(site["log_prob"], site, rank, data_dim, k, n)
-        total = lp if total is None else total + lp
-    if total is None:
-        raise ValueError("the program has no sample site to score")
-    return total
-
-
-def _particles(k: int, nesting: int) -> pyro.plate:
-    return pyro.plate("particles", k, dim=-(nesting + 1))
-
-
-def _probe(
-    model_fn: Callable[..., Any], guide_fn: Callable[..., Any] | None, x: Tensor,
-    context: Tensor | None,
-) -> tuple[Any, Any | None, int]:
-    """One untimed run of the programs: their traces and the plate nesting."""
-    with torch.no_grad():
-        mt = poutine.trace(model_fn).get_trace(x, context)
-        gt = None if guide_fn is None else poutine.trace(guide_fn).get_trace(x, context)
-    return mt, gt, _plate_nesting(mt, *([] if gt is None else [gt]))
-
-
-def _chunk(k: int, model: AbstractGenerativeModel, n: int, chunk: int | None) -> int:
-    if chunk is not None:
-        if chunk < 1:
-            raise ValueError(f"particle_chunk must be positive, got {chunk}")
-        return min(k, chunk)
-    per_particle = n * model.config.num_dims * max(model.config.levels or 1, 1)
-    return max(1, min(k, _ELEMENT_BUDGET // max(per_particle, 1)))
-
-
-def importance_log_weights(
-    model_fn: Callable[..., Any],
-    guide_fn: Callable[..., Any],
-    x: Tensor,
-    context: Tensor | None,
-    num_particles: int,
-    nesting: int,
-) -> Tensor:
-    r"""Per-example importance log-weights :math:`\log p(x, z_k) - \log q(z_k \mid x)`,
-    :math:`z_k \sim q`, for K particles in one vectorized pass.
-
-    Latent sites of the model that the guide does not sample are drawn from the prior inside
-    the model; their prior terms cancel and are left out.
-
-    Arguments:
-        model_fn: a Pyro program observing ``x`` at site ``"x"`` in ``pyro.plate("data", N)``.
-        guide_fn: the proposal over (some of) its latent sites.
-        x: the data, ``(N, *event_shape)``.
-        context: the programs' second argument (labels of a conditional model), or None.
-        num_particles: K.
-        nesting: the number of plate dims the programs use (particles go to their left).
-
-    Returns:
-        ``Tensor[K, N]`` of log-weights (differentiable where the guide reparameterizes).
-    """
-    k, n = num_particles, x.shape[0]
-    with _particles(k, nesting):
-        gt = poutine.trace(guide_fn).get_trace(x, context)
-        mt = poutine.trace(poutine.replay(model_fn, trace=gt)).get_trace(x, context)
-    rank, data_dim = nesting + 1, _data_dim(mt)
-    proposed = _latent_names(gt)
-    scored = [nm for nm, site in _sample_sites(mt).items()
-              if site["is_observed"] or nm in proposed]
-    log_p = _log_density(mt, scored, rank, data_dim, k, n)
-    if not proposed:
-        return log_p
-    return log_p - _log_density(gt, proposed, rank, data_dim, k, n)
-
-
-def _log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
-    """``log (1/K) sum_k exp(log_w_k)`` over ``dim``; a :class:`WeightError` naming the examples
-    when the weights give no finite value. A weight of -inf (a particle where the model has no
-    density) counts as zero; finite others carry the estimate."""
-    bad = torch.isnan(log_w) | (log_w == math.inf)
-    if bool(bad.any()):
-        where = bad.any(dim).flatten().nonzero().flatten().tolist()
-        raise WeightError(
-            f"{int(bad.sum())} importance log-weight(s) are NaN or +inf (example(s) {where[:10]});"
-            " the model or the proposal returned a non-finite density: check that the data lie "
-            "in the model's support and that its networks' outputs are finite"
-        )
-    dead = (log_w == -math.inf).all(dim)
-    if bool(dead.any()):
-        where = dead.flatten().nonzero().flatten().tolist()
-        raise WeightError(
-            f"all {log_w.shape[dim]} importance weights are zero (log-weight -inf) for "
-            f"example(s) {where[:10]}: no particle landed where the model has density; use more "
-            "particles or another estimator, or check that the data lie in the model's support"
-        )
-    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
-
-
-@register_estimator("iwae", num_particles=IWAE_PARTICLES)
-def estimate_iwae(
-    model: AbstractGenerativeModel,
-    x: Tensor,
-    context: Tensor | None = None,
-    *,
-    num_particles: int = IWAE_PARTICLES,
-    particle_chunk: int | None = None,
-    **_: Any,
-) -> tuple[Tensor, Kind]:
-    r"""The importance-weighted bound IWAE-k (Burda et al. 2016, arXiv:1509.00519).
-
-    .. math:: \mathcal L_k(x) = \mathbb E_{z_{1:k} \sim q(z \mid x)}
-        \log \frac1k \sum_{i=1}^k \frac{p(x, z_i)}{q(z_i \mid x)} \le \log p(x),
-
-    non-decreasing in k and converging to :math:`\log p(x)`. The default k is
-    :data:`IWAE_PARTICLES` (1000). Particles run vectorized, in chunks that bound memory.
-
-    Arguments:
-        model: a model with a guide over its latent sites (``likelihood = "bound"``).
-        x: ``(N, *event_shape)`` data.
-        context: labels of a conditional model.
-        num_particles: k.
-        particle_chunk: particles per vectorized pass (default: from a memory budget).
-
-    Returns:
-        ``(Tensor[N] of the bound in nats, "lower_bound")``.
-
-    Example:
-        >>> import ppgen, torch
-        >>> from ppgen.inference.likelihood import estimate_iwae
-        >>> m = ppgen.build("independent", ppgen.datasets.load("moons", "val"))
-        >>> estimate_iwae(m, torch.zeros(3, 2))[0].shape  # no latents: exact log p
-        torch.Size([3])
-    """
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be positive, got {num_particles}")
-    if model.likelihood == "none":
-        raise ValueError(
-            f"{type(model).__name__} is implicit (no guide, no density at 'x'): use 'ais'"
-        )
-    mt, gt, nesting = _probe(model.model, model.guide, x, context)
-    chunk = _chunk(num_particles, model, x.shape[0], particle_chunk)
-    parts = []
-    for start in range(0, num_particles, chunk):
-        kc = min(chunk, num_particles - start)
-        parts.append(importance_log_weights(model.model, model.guide, x, context, kc, nesting))
-    return _log_mean_exp(torch.cat(parts)), "lower_bound"
-
-
-# The AIS estimator lives in its own module (re-exported here); importing it registers it.
-from ppgen.inference.ais import (  # noqa: E402
-    AIS_PARTICLES,
-    Sandwich,
-    annealing_schedule,
-    bdmc,
-    estimate_ais,
-    select_observation_scale,
-)
-
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

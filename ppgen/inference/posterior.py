@@ -47,20 +47,8 @@ from pyro import poutine
 from torch import Tensor
 
 from ppgen.datasets.base import Dataset
-from ppgen.inference.likelihood import (
-    _chunk,
-    _data_dim,
-    _latent_names,
-    _log_density,
-    _log_mean_exp,
-    _observation_scale,
-    _particles,
-    _plate_nesting,
-    _probe,
-    _sample_sites,
-    importance_log_weights,
-    smooth_delta,
-)
+from ppgen.inference.implicit import resolve_observation_scale, smooth_delta
+from ppgen.models import traces
 from ppgen.models.base import AbstractGenerativeModel
 
 Method = Literal["guide", "nuts"]
@@ -112,7 +100,7 @@ def latent_sites(model: AbstractGenerativeModel, x: Tensor, context: Tensor | No
                  ) -> list[str]:
     """The names of the latent sample sites of ``model.model`` on ``x``."""
     with torch.no_grad():
-        return _latent_names(poutine.trace(model.model).get_trace(x, context))
+        return traces.latent_names(poutine.trace(model.model).get_trace(x, context))
 
 
 # ---- draws ------------------------------------------------------------------------------------
@@ -123,7 +111,7 @@ def _guide_draws(
     names: list[str],
 ) -> dict[str, Tensor]:
     """``num`` guide draws per example, each site ``(num, N, *event)``."""
-    with torch.no_grad(), _particles(num, nesting):
+    with torch.no_grad(), traces.particles(num, nesting):
         tr = poutine.trace(model.guide).get_trace(x, context)
     missing = [nm for nm in names if nm not in tr.nodes]
     if missing:
@@ -180,12 +168,12 @@ def _score_draws(
 ) -> tuple[Tensor, Tensor]:
     """log p(x, z) and log p(x | z) per (draw, example) for draws ``(S, N, ...)``."""
     s, n = next(iter(values.values())).shape[:2]
-    with torch.no_grad(), _particles(s, nesting):
+    with torch.no_grad(), traces.particles(s, nesting):
         tr = poutine.trace(poutine.condition(model_fn, data=values)).get_trace(x, context)
-    rank, data_dim = nesting + 1, _data_dim(tr)
-    log_joint = _log_density(tr, None, rank, data_dim, s, n)
-    observed = [nm for nm in _sample_sites(tr) if nm not in values]
-    log_lik = _log_density(tr, observed, rank, data_dim, s, n)
+    rank, data_dim = nesting + 1, traces.data_dim(tr)
+    log_joint = traces.log_density(tr, None, rank, data_dim, s, n)
+    observed = [nm for nm in traces.sample_sites(tr) if nm not in values]
+    log_lik = traces.log_density(tr, observed, rank, data_dim, s, n)
     return log_joint, log_lik
 
 
@@ -279,14 +267,14 @@ def posterior(
         raise ValueError("num_samples and num_chains must be positive")
     az = _arviz()
     x, context = _as_batch(model, x, context)
-    scale = _observation_scale(model, observation_scale)
+    scale = resolve_observation_scale(model, observation_scale)
     model_fn = smooth_delta(model.model, scale)
     n = x.shape[0]
     with _frozen(model), torch.random.fork_rng(devices=_cuda_devices(x)):
         torch.manual_seed(seed)
-        mt, gt, nesting = _probe(model_fn, model.guide if method == "guide" else None, x,
+        mt, gt, nesting = traces.probe(model_fn, model.guide if method == "guide" else None, x,
                                  context)
-        names = _latent_names(mt)
+        names = traces.latent_names(mt)
         if not names:
             raise ValueError(
                 f"{type(model).__name__} has no latent sites: there is no posterior to draw"
@@ -298,11 +286,11 @@ def posterior(
             total = num_chains * num_samples
             draws = _guide_draws(model, x, context, total, nesting, names)
             log_joint, log_lik = _score_draws(model_fn, x, context, draws, nesting)
-            with torch.no_grad(), _particles(total, nesting):
+            with torch.no_grad(), traces.particles(total, nesting):
                 gtr = poutine.trace(poutine.condition(model.guide, data=draws)).get_trace(
                     x, context
                 )
-            log_q = _log_density(gtr, names, nesting + 1, _data_dim(mt), total, n)
+            log_q = traces.log_density(gtr, names, nesting + 1, traces.data_dim(mt), total, n)
             log_weight = log_joint - log_q
         else:
             raw, extra = _nuts_draws(
@@ -521,11 +509,11 @@ def amortization_gap(
     n = x.shape[0]
     with _frozen(model), torch.random.fork_rng(devices=_cuda_devices(x)):
         torch.manual_seed(seed)
-        mt, gt, nesting = _probe(model.model, model.guide, x, context)
-        names = _latent_names(mt)
-        if not names or gt is None or not set(names) <= set(_latent_names(gt)):
+        mt, gt, nesting = traces.probe(model.model, model.guide, x, context)
+        names = traces.latent_names(mt)
+        if not names or gt is None or not set(names) <= set(traces.latent_names(gt)):
             raise ValueError("the amortization gap needs a guide over every latent site")
-        data_dim = _data_dim(mt)
+        data_dim = traces.data_dim(mt)
         supports = {nm: mt.nodes[nm]["fn"].support for nm in names}
         draws = _guide_draws(model, x, context, 64, nesting, names)
         locs, log_scales = {}, {}
@@ -538,8 +526,8 @@ def amortization_gap(
         for _ in range(steps):
             opt.zero_grad()
             with torch.enable_grad():
-                log_w = importance_log_weights(model.model, local, x, context, elbo_particles,
-                                               nesting)
+                log_w = traces.importance_log_weights(model.model, local, x, context,
+                                                      elbo_particles, nesting)
                 (-log_w.mean(0).sum()).backward()
             opt.step()
         with torch.no_grad():
@@ -548,14 +536,14 @@ def amortization_gap(
             elbo_star, elbo_star_var = _mean_log_weight(model.model, local, x, context,
                                                         num_particles, nesting)
             # IWAE with the guide, in estimate_iwae's chunks
-            chunk = _chunk(num_particles, model, n, None)
+            chunk = traces.particle_chunk(num_particles, model, n, None)
             log_w = torch.cat([
-                importance_log_weights(model.model, model.guide, x, context, k, nesting)
+                traces.importance_log_weights(model.model, model.guide, x, context, k, nesting)
                 for k in _chunks(num_particles, chunk)
             ])
-            iwae_q, iwae_q_var = _log_mean_exp(log_w), _delta_var(log_w)
+            iwae_q, iwae_q_var = traces.log_mean_exp(log_w), _delta_var(log_w)
             log_w = torch.cat([
-                importance_log_weights(model.model, local, x, context, k, nesting)
+                traces.importance_log_weights(model.model, local, x, context, k, nesting)
                 for k in _chunks(num_particles, 100)
             ])
             iwae_star = torch.logsumexp(log_w, 0) - math.log(num_particles)
@@ -592,7 +580,7 @@ def _mean_log_weight(
     sums, squares = [], []
     dtype = x.dtype
     for c in _chunks(k, 100):
-        log_w = importance_log_weights(model_fn, guide_fn, x, context, c, nesting)
+        log_w = traces.importance_log_weights(model_fn, guide_fn, x, context, c, nesting)
         dtype, log_w = log_w.dtype, log_w.double()
         sums.append(log_w.sum(0))
         squares.append(log_w.pow(2).sum(0))
@@ -620,9 +608,9 @@ def decode_mean(
     """
     m = next(iter(latents.values())).shape[0]
     with torch.no_grad():
-        nesting = _plate_nesting(poutine.trace(model.model).get_trace(None, context))
+        nesting = traces.plate_nesting(poutine.trace(model.model).get_trace(None, context))
         values = {nm: v.reshape(m, *([1] * nesting), *v.shape[1:]) for nm, v in latents.items()}
-        with _particles(m, nesting):
+        with traces.particles(m, nesting):
             tr = poutine.trace(poutine.condition(model.model, data=values)).get_trace(None,
                                                                                        context)
     site = tr.nodes["x"]
@@ -776,8 +764,8 @@ def _traversals(
     with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(x)):
         torch.manual_seed(seed)
         probe = poutine.trace(model.model).get_trace(None, c0)
-        nesting = _plate_nesting(probe)
-        with _particles(512, nesting):
+        nesting = traces.plate_nesting(probe)
+        with traces.particles(512, nesting):
             tr = poutine.trace(model.model).get_trace(None, c0)
     prior = {nm: tr.nodes[nm]["value"].reshape(512, -1) for nm in names}
     lo = {nm: torch.quantile(p.double(), 0.05, dim=0).to(dtype) for nm, p in prior.items()}

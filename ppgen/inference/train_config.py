@@ -24,7 +24,7 @@ PATIENCE_AUTO = "auto"
 
 
 class FitError(ValueError):
-    """Bad arguments or data for :func:`ppgen.fit`, found before any work is done."""
+    """Training cannot start or go on (bad arguments, a locked run directory...)."""
 
 
 def _field(default: Any, help: str, *, flag: bool = True, choices: tuple[str, ...] | None = None,
@@ -64,8 +64,9 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "Adam weight decay")
     eval_every: int | None = _field(None, "steps between validations (default steps // 20)")
     patience: int | Literal["auto"] | None = _field(
-        PATIENCE_AUTO, "validations without improvement before stopping early ('auto': stop "
-        "early and keep the best weights when there is validation data; 'none': never stop)"
+        PATIENCE_AUTO, "with validation data: validations without improvement before stopping "
+        "early, keeping the best weights ('auto': 10; 0 or none: train every step and keep the "
+        "last weights)"
     )
     checkpoint_every: int | None = _field(None, "steps between checkpoints (default "
                                                 "eval_every)")
@@ -174,7 +175,7 @@ def _optional(convert: Any) -> Any:
 
 
 def _patience(text: str) -> int | str | None:
-    if text.lower() in ("none", "null", "never"):
+    if text.lower() in ("none", "null", "never", "0"):  # 0: never stop early
         return None
     if text.lower() == PATIENCE_AUTO:
         return PATIENCE_AUTO
@@ -214,7 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             _flag(f.name), dest=f.name, type=convert, default=default,
             choices=meta.get("choices"),
-            help=f"{meta['help']} (default: {default})",
+            # a None default ("the family's", "steps // 20"...) is explained by the help itself
+            help=meta["help"] if default is None else f"{meta['help']} (default: {default})",
         )
 
 

@@ -59,7 +59,7 @@ import types
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyro
@@ -71,11 +71,8 @@ from ppgen.datasets.base import Dataset
 from ppgen.datasets.validation import DataError, as_batch, check_batch, check_continuous_columns
 from ppgen.inference import distributed as dist_utils
 from ppgen.inference.objectives import AbstractObjective, make_objective
+from ppgen.inference.train_config import FitError, TrainConfig
 from ppgen.models.base import AbstractGenerativeModel
-
-
-class FitError(ValueError):
-    """Training cannot start or go on (bad arguments, a locked run directory...)."""
 
 
 class NonFiniteLossError(FitError):
@@ -466,89 +463,38 @@ def _as_tensors(
 def fit(
     model: AbstractGenerativeModel,
     data: Dataset | Tensor,
+    config: TrainConfig | None = None,
     *,
-    steps: int = 2000,
-    batch_size: int = 128,
-    lr: float | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
     val: Dataset | Tensor | None = None,
     out: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    objective: str | None = None,
-    objective_options: dict[str, Any] | None = None,
-    ema: float | None = None,
-    clip_grad: float | None = None,
-    weight_decay: float = 0.0,
-    eval_every: int | None = None,
-    patience: int | Literal["auto"] | None = "auto",
-    checkpoint_every: int | None = None,
-    log_every: int = 10,
-    diagnostics_every: int | None = None,
-    on_nonfinite: Literal["raise", "skip"] = "raise",
-    max_skipped: int = 10,
-    precision: Literal["float32", "bf16"] = "float32",
-    compile: bool | str = False,
-    accumulate: int = 1,
     run_info: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> History:
     """Fit ``model`` to ``data`` with its objective, through one shared loop.
 
     Arguments:
         model: any ppgen model.
         data: the training :class:`~ppgen.datasets.Dataset` (or a tensor).
-        steps: total optimizer steps (with ``resume``, the total including those done).
-        batch_size: examples per step (the global batch under ``torchrun``).
-        lr: Adam learning rate (default: the family's ``fit_defaults`` or ``1e-3``).
-        seed: seeds torch, numpy and random (plus the rank under ``torchrun``) and the batch order.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        config: the training settings, a :class:`~ppgen.inference.train_config.TrainConfig`
+            (default: its defaults). Every field is described there; the main ones:
+            ``steps``, ``batch_size``, ``lr`` (None: the family's ``fit_defaults``, else
+            1e-3), ``seed``, ``device``, ``resume``, ``overwrite``, ``objective`` and
+            ``objective_options``, ``ema``, ``clip_grad``, ``patience``, ``precision``,
+            ``compile``, ``accumulate``.
         val: validation data; enables ``best.pt``, early stopping and the return of the
-            best-validation weights (see ``patience``).
+            best-validation weights: with ``patience`` (``"auto"``: :data:`DEFAULT_PATIENCE`
+            validations without improvement) the model is left holding the best weights;
+            ``patience=None`` trains every step and leaves the last (the best stay in
+            ``best.pt``).
         out: run directory for ``config.json``, ``checkpoint.pt``, ``best.pt``, ``history.json``
             and ``training_curve.png``; None trains in memory. A directory that already holds
-            a run is refused (:class:`RunExistsError`) unless ``resume`` or ``overwrite``.
-        resume: continue from ``out/checkpoint.pt``, falling back to ``checkpoint.prev.pt``
-            (and saying so) when the latest is invalid in any way. Without a checkpoint yet (a
-            run stopped before its first one, or a new directory) training starts from scratch
-            and says so, so a job scheduler may always pass it; a directory holding other
-            files than a run's is refused.
-        overwrite: replace the run ``out`` holds (its checkpoints, ``best.pt``, records).
-        progress: show a tqdm progress bar.
-        objective: objective name (default: ``model.default_objective``).
-        objective_options: keyword options of the objective.
-        ema: EMA decay of the weights (e.g. 0.999); validation, ``best.pt`` and the returned model
-            use the averaged weights. None takes the family's default; 0 switches EMA off.
-        clip_grad: max gradient norm per parameter group, or None.
-        weight_decay: Adam weight decay.
-        eval_every: steps between validations (default: ``max(steps // 20, 1)``).
-        patience: with ``val``: stop after this many validations without improvement and
-            leave the model holding the best-validation weights (EMA-aware, those ``best.pt``
-            holds). ``"auto"`` is :data:`DEFAULT_PATIENCE`; None trains every step and leaves
-            the last weights (the best stay in ``best.pt``).
-        checkpoint_every: steps between checkpoints (default: ``eval_every``); one is always
-            written at the end.
-        log_every: steps between history records / progress-bar updates.
-        diagnostics_every: steps between records of the objective's ``diagnostics()`` in
-            ``history.diagnostics`` (default ``log_every``).
-        on_nonfinite: ``"raise"`` stops with :class:`NonFiniteLossError`, ``"skip"`` skips the
-            update (at most ``max_skipped`` in a row).
-        precision: ``"bf16"`` runs each training loss under ``torch.autocast`` with bfloat16
-            (parameters, optimizer state, validation and evaluation stay float32); opt-in.
-        compile: compile the networks (every direct submodule of the model and the objective,
-            with ``nn.Module.compile``), leaving Pyro's distribution plumbing eager; opt-in.
-            ``True`` uses torch's default backend (inductor: needs a C++ compiler on CPU); a
-            string names a ``torch.compile`` backend (``"eager"``, ``"aot_eager"``,
-            ``"inductor"``). The model stays compiled after ``fit``; its ``state_dict`` is
-            unchanged.
-        accumulate: gradient accumulation: each process cuts its share of the global batch
-            into this many equal micro-batches, one forward/backward each (memory for one),
-            then takes one optimizer step. ``batch_size`` must divide by
-            ``processes x accumulate``; the result depends only on that product (see the
-            module docstring), so ``accumulate=2`` in 1 process reproduces 2 processes.
+            a run is refused (:class:`RunExistsError`) unless ``resume`` (continue it, falling
+            back to ``checkpoint.prev.pt`` when the latest is invalid; from scratch, saying so,
+            when it has no checkpoint yet) or ``overwrite`` (replace it).
         run_info: plain JSON data added to ``config.json`` when the run starts (e.g. the
             CLI's ``data`` name), so the record is complete however the run ends.
+        **settings: any :class:`~ppgen.inference.train_config.TrainConfig` field, overriding
+            ``config``'s (``fit(m, ds, steps=500, lr=1e-3)``).
 
     Returns:
         A :class:`History` (``best_step``, ``best_val``, ``stopped_early``, ``restored_best``
@@ -561,38 +507,30 @@ def fit(
         NonFiniteLossError: non-finite loss or gradient (the last good checkpoint stays whole).
         TrainingInterrupted: SIGINT/SIGTERM (after finishing the step and saving a checkpoint).
     """
-    defaults = model.fit_defaults()
-    lr = lr if lr is not None else defaults.get("lr", 1e-3)
-    ema = ema if ema is not None else defaults.get("ema")
-    ema = None if ema == 0 else ema  # ema=0 switches off a family's default EMA
-    clip_grad = clip_grad if clip_grad is not None else defaults.get("clip_grad")
-    objective = objective or defaults.get("objective") or model.default_objective
-    objective_options = {**defaults.get("objective_options", {}), **(objective_options or {})}
-    if steps < 1 or batch_size < 1:
-        raise FitError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    if on_nonfinite not in ("raise", "skip"):
-        raise FitError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    if settings.get("objective_options") is None:
+        settings.pop("objective_options", None)
+    cfg = (config or TrainConfig()).replace(**settings)
+    cfg = cfg.with_family_defaults(model.fit_defaults()).validate()
+    steps, batch_size, lr, seed, device = cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.device
+    resume, overwrite, progress = cfg.resume, cfg.overwrite, cfg.progress
+    objective = cfg.objective or model.default_objective
+    objective_options, ema, clip_grad = cfg.objective_options, cfg.ema, cfg.clip_grad
+    weight_decay, eval_every, patience = cfg.weight_decay, cfg.eval_every, cfg.patience
+    checkpoint_every, log_every = cfg.checkpoint_every, cfg.log_every
+    diagnostics_every, on_nonfinite, max_skipped = (
+        cfg.diagnostics_every, cfg.on_nonfinite, cfg.max_skipped)
+    precision, compile, accumulate = cfg.precision, cfg.compile, cfg.accumulate
     if resume and out is None:
         raise FitError("resume=True needs out= (the run directory to resume from)")
     if resume and overwrite:
         raise FitError("resume=True continues the run in out, overwrite=True replaces it")
     if patience == "auto":
         patience = DEFAULT_PATIENCE
-    if patience is not None and (
-        isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
-    ):
-        raise FitError(f"patience must be a positive integer, 'auto' or None, got {patience!r}")
     if run_info is not None:
         try:
             json.dumps(run_info)
         except (TypeError, ValueError) as e:
             raise FitError(f"run_info must be plain JSON data: {e}") from None
-    if precision not in ("float32", "bf16"):
-        raise FitError(f"precision must be 'float32' or 'bf16', got {precision!r}")
-    if not isinstance(compile, bool | str) or compile == "":
-        raise FitError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise FitError(f"accumulate must be a positive integer, got {accumulate!r}")
     x_train, c_train = _as_tensors(data, model, "training data")
     x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data",
                                                                   "val")

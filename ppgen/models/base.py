@@ -49,6 +49,8 @@ from pyro.nn import PyroModule, pyro_method
 from pyro.nn.module import _PyroModuleMeta
 from torch import Tensor
 
+from ppgen.models.traces import log_weight_per_example, spread_over_examples
+
 LikelihoodKind = Literal["exact", "bound", "none"]
 DataKind = Literal["binary", "discrete", "continuous"]
 
@@ -622,7 +624,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
             x, context
         )
-        return _per_example_log_weight(model_trace, guide_trace, x.shape[0])
+        return log_weight_per_example(model_trace, guide_trace, x.shape[0])
 
     def elbo_parts(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The per-example ELBO split into a data term and KL terms, for training objectives
@@ -649,11 +651,11 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            lp = _spread(site["log_prob"], n)
+            lp = spread_over_examples(site["log_prob"], n)
             if site["is_observed"]:
                 log_lik = log_lik + lp
             elif name in guide_trace.nodes:
-                kl.append(_spread(guide_trace.nodes[name]["log_prob"], n) - lp)
+                kl.append(spread_over_examples(guide_trace.nodes[name]["log_prob"], n) - lp)
         kl_terms = torch.stack(kl, -1) if kl else x.new_zeros(n, 0)
         return log_lik, kl_terms
 
@@ -794,37 +796,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         from ppgen.datasets.validation import check_batch
 
         return check_batch(x, self.config.event_shape, self.config.kind, self.config.levels)
-
-
-def _per_example_log_weight(model_trace: Any, guide_trace: Any, n: int) -> Tensor:
-    """log p(x, z) - log q(z | x) per example, from traces whose sites live in plate ``data``.
-
-    Sites outside the data plate (global latents) are spread evenly over the N examples.
-    """
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    total = None
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            lp = site["log_prob"]
-            if total is None:
-                total = lp.new_zeros(n)
-            if lp.dim() == 0 or lp.shape[-1] != n:
-                total = total + sign * lp.sum() / n  # a global site, shared by all examples
-            else:
-                total = total + sign * lp.reshape(-1, n).sum(0)
-    assert total is not None, "the traces hold no sample site"
-    return total
-
-
-def _spread(lp: Tensor, n: int) -> Tensor:
-    """A site's log-density as one value per example, ``(N,)``: summed over other plates, or
-    spread evenly over the N examples for a site outside the data plate."""
-    if lp.dim() == 0 or lp.shape[-1] != n:
-        return lp.sum().expand(n) / n
-    return lp.reshape(-1, n).sum(0)
 
 
 _SCALAR = torch.Size()  # the empty shape, a shared default argument

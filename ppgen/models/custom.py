@@ -55,7 +55,8 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
-from ppgen.models.base import AbstractGenerativeModel, ModelConfig, _per_example_log_weight
+from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+from ppgen.models.traces import log_weight_per_example
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -268,7 +269,7 @@ class ExactPyroProgram(_PyroProgram):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         self._check_x(x)
         trace = poutine.trace(self.model).get_trace(x)
-        return _per_example_log_weight(trace, poutine.Trace(), x.shape[0])
+        return log_weight_per_example(trace, poutine.Trace(), x.shape[0])
 
 
 class BoundPyroProgram(_PyroProgram):
