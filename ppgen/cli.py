@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,31 +87,10 @@ def _not_overrides(extra: Sequence[str]) -> list[str]:
     return unknown
 
 
-def resolve_family(
-    name: str,
-) -> type[AbstractGenerativeModel] | Callable[..., AbstractGenerativeModel]:
-    """A registered family name, or ``package.module:Name`` for a user's own model: a subclass of
-    the protocol, or a *builder*, a function that takes the data facts (``event_shape``,
-    ``kind``, ``levels``) and the ``--model.X`` options as keywords and returns a protocol
-    object (e.g. a ``ppgen.from_pyro`` wrapper). The module is imported from the import path as
-    it is (``PYTHONPATH=.`` for a module in the current directory): ppgen never adds a directory
-    to ``sys.path``."""
-    if ":" not in name:
-        return models.get(name)
-    obj = run_directory.import_object(name, "model class")
-    if isinstance(obj, type) and issubclass(obj, AbstractGenerativeModel):
-        return obj
-    if callable(obj) and not isinstance(obj, type):
-        return obj
-    raise ValueError(
-        f"{name!r} is neither a subclass of ppgen.models.AbstractGenerativeModel nor a function "
-        "returning one (a builder taking event_shape, kind, levels and the --model.X options)"
-    )
-
-
 def _build(name: str, spec: dict[str, Any], options: dict[str, Any]) -> AbstractGenerativeModel:
-    """A model from a family name, or a user's class or builder named on the command line."""
-    resolve_family(name)  # one clear error for a name that is neither
+    """A model from a family name, or a user's class or builder named on the command line (the
+    module is imported from the import path as it is: ``PYTHONPATH=.`` for one in the current
+    directory; ppgen never adds a directory to ``sys.path``)."""
     return run_directory.build_from(name, spec, options)
 
 
