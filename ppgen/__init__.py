@@ -19,6 +19,7 @@ __all__ = [
     "datasets",
     "evaluate",
     "fit",
+    "forecast",
     "from_pyro",
     "inference",
     "load",
@@ -32,6 +33,7 @@ __all__ = [
 from ppgen import checkpoint, datasets, inference, models
 from ppgen.checkpoint import load, save
 from ppgen.inference import analysis, metrics
+from ppgen.inference.forecasting import forecast
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.posterior import posterior
 from ppgen.inference.trainer import fit

@@ -133,6 +133,13 @@ _FULL: dict[str, dict[str, Any]] = {
         "fit": {"steps": 3000, "batch_size": 128, "lr": 5e-4},
         "evaluate": {"num_steps": 100, "num_particles": 8},
     },
+    # sequence families (on images they read each image as one step of its pixels; their own
+    # comparison on series is benchmarks/sequences.py)
+    "lgssm": {"build": {"state": 16}, "fit": {"steps": 2000, "batch_size": 128, "lr": 1e-2}},
+    "seq-ar": {"build": {"hidden": [128], "components": 5},
+               "fit": {"steps": 3000, "batch_size": 128, "lr": 1e-3}},
+    "dmm": {"build": {"latent": 16, "hidden": [128, 128], "warmup": 500},
+            "fit": {"steps": 3000, "batch_size": 128, "lr": 1e-3}},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # a smoke test of the whole pipeline: the quick families at 5 steps, short AIS schedules

@@ -25,6 +25,9 @@ __all__ = [
     "names",
     "quantize",
     "sample_toy",
+    "SeriesDataset",
+    "from_series",
+    "load_series",
 ]
 
 from pathlib import Path
@@ -33,6 +36,14 @@ from ppgen.datasets.arrays import from_array, is_file_spec, load_file
 from ppgen.datasets.base import SPLITS, Dataset
 from ppgen.datasets.digits import load_digits
 from ppgen.datasets.images import from_idx, from_images, is_idx_path, load_image_source
+from ppgen.datasets.series import (
+    SERIES,
+    SeriesDataset,
+    from_series,
+    is_series_spec,
+    load_series,
+    load_series_file,
+)
 from ppgen.datasets.toy import TOY_DATASETS, load_toy, mixture_modes, sample_toy
 from ppgen.datasets.transforms import DataTransform, dequantize, logit_transform, quantize
 from ppgen.datasets.validation import DataError, DataTypeError
@@ -40,7 +51,7 @@ from ppgen.datasets.validation import DataError, DataTypeError
 
 def names() -> list[str]:
     """Every embedded dataset's name."""
-    return ["digits", "digits-binary", *sorted(TOY_DATASETS)]
+    return ["digits", "digits-binary", *sorted(TOY_DATASETS), *SERIES]
 
 
 def load(
@@ -85,8 +96,12 @@ def load(
         ((1, 2, 2), 'discrete', 256, 2)
     """
     embedded = isinstance(name, str) and (
-        name in ("digits", "digits-binary") or name in TOY_DATASETS
+        name in ("digits", "digits-binary") or name in TOY_DATASETS or name in SERIES
     )
+    if not embedded and is_series_spec(name):  # "series.csv#window=24": windows in time
+        if kind is not None or levels is not None:
+            raise DataError(f"{name}: a series is continuous; kind/levels do not apply")
+        return load_series_file(name, split, key=key)
     if not embedded:
         path = Path(str(name).split("#", 1)[0])
         if path.is_dir() or is_idx_path(name):
@@ -112,6 +127,8 @@ def load(
         return load_digits(split, binary=True)
     if name in TOY_DATASETS:
         return load_toy(str(name), split)
+    if name in SERIES:
+        return load_series(str(name), split)
     raise DataError(
         f"unknown dataset {name!r}; embedded datasets: {names()}, or a .npy/.npz/.csv file, an "
         "IDX file or a folder of PNG/JPEG images"

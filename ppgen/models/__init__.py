@@ -27,6 +27,7 @@ from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
 from ppgen.models.gan import GAN
 from ppgen.models.independent import Independent
+from ppgen.models.sequences import DMM, LGSSM, SeqAR
 from ppgen.models.vae import VAE
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
@@ -45,6 +46,9 @@ _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "vae": VAE,
     "ddpm": DDPM,
     "gan": GAN,
+    "lgssm": LGSSM,
+    "seq-ar": SeqAR,
+    "dmm": DMM,
 }
 
 
