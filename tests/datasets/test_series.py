@@ -126,3 +126,19 @@ def test_bad_series_are_refused_in_one_line(tmp_path):
         ppgen.datasets.load(f"{tmp_path / 's.npy'}#window=3,size=3")
     with pytest.raises(DataError, match="kind/levels do not apply"):
         ppgen.datasets.load(f"{tmp_path / 's.npy'}#window=3", kind="discrete")
+
+
+def test_lorenz_particle_filter_is_seeded_and_no_sharper_than_the_observation_noise():
+    from ppgen.datasets.series import lorenz_log_prob
+
+    obs, _ = lorenz_series(400, seed=0)
+    w = windows(torch.as_tensor(obs), 8, 8)[:6]
+    a = lorenz_log_prob(w, particles=500, seed=0)
+    assert torch.equal(a, lorenz_log_prob(w, particles=500, seed=0))
+    b = lorenz_log_prob(w, particles=500, seed=1)
+    assert ((a - b).abs() / 8 < 0.5).all()
+    # the one-step predictive density is the noise convolved with the state's spread: its
+    # expected log-density is below the observation noise's own, -1.5 log(2 pi e) per step
+    assert float(a.mean() / 8) < -1.5 * np.log(2 * np.pi * np.e)
+    with pytest.raises(DataError, match=r"windows must be \(N, T, 3\)"):
+        lorenz_log_prob(np.zeros((2, 5)))
