@@ -1,7 +1,7 @@
 """The sequence families against statsmodels' SARIMAX on the embedded series (issue 24).
 
     python -m benchmarks.sequences [--series sunspots co2] [--steps 300] [--samples 200]
-                                   [--json out.json]
+                                   [--lorenz [--particles 4000]] [--json out.json]
 
 For each series (standardized on its training part; see ``ppgen.datasets.series``):
 
@@ -18,6 +18,10 @@ For each series (standardized on its training part; see ``ppgen.datasets.series`
   forecast origin (history: every row before it); ppgen's from ``--samples`` sample paths
   (Pyro's empirical CRPS), SARIMAX's in closed form from its Gaussian forecast; and the
   coverage of the central 50% and 90% intervals of the sample paths.
+
+``--lorenz`` adds each family's test log-likelihood per step on the simulated Lorenz windows
+next to the true generator's (a particle filter, ``lorenz_log_prob``); ``--series none`` runs
+only that.
 
 Univariate series only (``co2``, ``sunspots``, ``elnino``; ``macro`` has 3 variables and is
 skipped here). Everything in one process, seeded.
@@ -141,6 +145,31 @@ def run_series(name: str, steps: int, samples: int, origin_every: int, seed: int
     return out
 
 
+def run_lorenz(steps: int, particles: int, seed: int) -> dict:
+    """Each family's test log-likelihood per step on the simulated Lorenz windows against the
+    true generator's, estimated by the particle filter ``lorenz_log_prob`` (standardized
+    scale: the raw log-density plus ``T * sum(log std)``)."""
+    from ppgen.datasets.series import lorenz_log_prob
+
+    train = ppgen.datasets.load("lorenz", "train")
+    val = ppgen.datasets.load("lorenz", "val")
+    test = ppgen.datasets.load("lorenz", "test")
+    steps_t = test.event_shape[0]
+    raw = test.data.double() * test.std.double() + test.mean.double()
+    true = lorenz_log_prob(raw, particles=particles, seed=seed)
+    true = true + steps_t * torch.log(test.std.double()).sum()
+    out = {"true (particle filter)": float(true.mean()) / steps_t}
+    for family, (build, fit) in FAMILIES.items():
+        torch.manual_seed(seed)
+        m = ppgen.build(family, train, **build)
+        with tempfile.TemporaryDirectory() as tmp:
+            ppgen.fit(m, train, val=val, out=tmp, steps=steps, batch_size=32, seed=seed,
+                      progress=False, eval_every=max(1, steps // 10), device="cpu", **fit)
+        ev = ppgen.evaluate(m, test, seed=seed)
+        out[f"{family} ({ev.kind})"] = float(ev.per_example.mean()) / steps_t
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--series", nargs="+", default=["sunspots", "co2"])
@@ -148,11 +177,20 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--origin-every", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lorenz", action="store_true",
+                    help="also: log-likelihood per step on the Lorenz windows vs the truth")
+    ap.add_argument("--particles", type=int, default=4000)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.lorenz:
+        lor = run_lorenz(args.steps, args.particles, args.seed)
+        print("| lorenz test | log-likelihood per step (nats, standardized) |")
+        print("|---|---|")
+        for k, v in lor.items():
+            print(f"| {k} | {v:.3f} |")
     results = [run_series(s, args.steps, args.samples, args.origin_every, args.seed)
-               for s in args.series]
+               for s in args.series if s != "none"]
     print("| series | model | test NLL/step (nats) | CRPS h=1 | h=4 | h=12 | cover 50% | 90% |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
