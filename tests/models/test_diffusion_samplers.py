@@ -354,8 +354,15 @@ def test_evaluate_ode_needs_the_capability_and_known_options():
     m = ppgen.build("ddpm", ds, timesteps=10, hidden=[8])
     with pytest.raises(ValueError, match="does not take"):
         ppgen.evaluate(m, ds.data[:4], estimator="ode", tolerance=1e-3)
-    with pytest.raises(ValueError, match="rtol must be"):
-        ppgen.evaluate(m, ds.data[:4], estimator="ode", rtol=-1.0)
+    for bad in (-1.0, 0.0, float("nan"), True, "1e-3"):
+        with pytest.raises(ValueError, match="rtol must be"):
+            ppgen.evaluate(m, ds.data[:4], estimator="ode", rtol=bad)
+    with pytest.raises(ValueError, match="solver must be an adaptive"):
+        ppgen.evaluate(m, ds.data[:4], estimator="ode", solver="rk4")
+    with pytest.raises(ValueError, match="trace must be"):
+        ppgen.evaluate(m, ds.data[:4], estimator="ode", trace="none")
+    with pytest.raises(ValueError, match="num_particles"):
+        ppgen.evaluate(m, ds.data[:4], estimator="ode", num_particles=10)
     x0 = ppgen.build("ddpm", ds, timesteps=10, hidden=[8], parameterization="x0")
     with pytest.raises(ValueError, match="x0"):
         ppgen.evaluate(x0, ds.data[:4], estimator="ode")

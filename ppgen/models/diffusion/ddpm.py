@@ -50,6 +50,7 @@ from ppgen.models.diffusion.config import (
 )
 from ppgen.models.diffusion.decoder import DiscretizedGaussian, quantize_unit
 from ppgen.models.diffusion.probability_flow import (
+    ADAPTIVE_SOLVERS,
     EXACT_TRACE_MAX_DIMS,
     probability_flow_log_prob,
 )
@@ -514,8 +515,15 @@ class DDPM(AbstractGenerativeModel):
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"trace must be 'auto', 'exact' or 'hutchinson', got {trace!r}")
         for name, tol in (("rtol", rtol), ("atol", atol)):
-            if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+            if isinstance(tol, bool) or not (
+                isinstance(tol, int | float) and math.isfinite(tol) and tol > 0
+            ):
                 raise ValueError(f"{name} must be a positive number, got {tol!r}")
+        if solver not in ADAPTIVE_SOLVERS:
+            raise ValueError(
+                f"solver must be an adaptive torchdiffeq method, one of {ADAPTIVE_SOLVERS} "
+                f"(the tolerances are what make the likelihood exact), got {solver!r}"
+            )
         if cfg.kind == "continuous":
             y0 = self._encode(x)
             jacobian = -self.data_scale.log().sum().expand(x.shape[0])

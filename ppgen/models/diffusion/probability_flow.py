@@ -34,7 +34,7 @@ References:
 
 from __future__ import annotations
 
-__all__ = ["EXACT_TRACE_MAX_DIMS", "probability_flow_log_prob"]
+__all__ = ["ADAPTIVE_SOLVERS", "EXACT_TRACE_MAX_DIMS", "probability_flow_log_prob"]
 
 import math
 from typing import Literal
@@ -48,6 +48,8 @@ from ppgen.models.flows.ffjord import integrate_with_trace
 
 #: ``trace="auto"`` uses the exact trace up to this many dimensions, Hutchinson's above.
 EXACT_TRACE_MAX_DIMS = 64
+#: The ``torchdiffeq`` methods with error control, whose tolerances bound the likelihood's error.
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 @torch.no_grad()
