@@ -17,6 +17,7 @@ __all__ = [
     "estimate_elbo",
     "estimate_exact",
     "estimate_iwae",
+    "estimate_ode",
     "estimate_parzen",
     "select_parzen_bandwidth",
 ]
@@ -72,6 +73,43 @@ def estimate_elbo(
             name = type(model).__name__
             raise ValueError(f"{name}.elbo does not take {sorted(options)}: {e}") from None
     return model.elbo(x, context, **options), "lower_bound"
+
+
+@register_estimator("ode")
+def estimate_ode(
+    model: AbstractGenerativeModel,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    num_particles: int | None = None,
+    **options: Any,
+) -> tuple[Tensor, Kind, tuple[str, ...]]:
+    """The likelihood of the model's probability-flow ODE (``model.ode_log_prob``), for
+    families that declare ``probability_flow`` (diffusion): exact up to the solver's
+    tolerances with the exact trace on continuous data, an estimate with Hutchinson's trace, a
+    lower bound on discrete data (dequantized). ``options`` (``trace``, ``rtol``, ``atol``,
+    ``solver``) go to ``model.ode_log_prob``; its notes (the solver, its tolerances and its
+    number of function evaluations) go into the Evaluation's notes."""
+    if not model.probability_flow:
+        raise ValueError(
+            f"{type(model).__name__} defines no probability-flow ODE (it does not declare "
+            "probability_flow): the 'ode' estimator scores diffusion models; use "
+            "estimator='auto'"
+        )
+    if num_particles is not None:
+        raise ValueError("the 'ode' estimator takes no num_particles (it solves one ODE)")
+    if options:
+        import inspect
+
+        try:
+            inspect.signature(model.ode_log_prob).bind(x, context, **options)
+        except TypeError as e:
+            name = type(model).__name__
+            raise ValueError(f"{name}.ode_log_prob does not take {sorted(options)}: {e}") from None
+    values, kind, notes = model.ode_log_prob(x, context, **options)
+    if kind not in ("exact", "lower_bound", "estimate"):
+        raise ValueError(f"{type(model).__name__}.ode_log_prob returned kind {kind!r}")
+    return values, kind, tuple(notes)  # type: ignore[return-value]
 
 
 @register_estimator("parzen", num_particles=10_000, shared_draws=True)

@@ -311,8 +311,10 @@ def check_bound(
     return BoundCheck(excess, mc, k, verdict)
 
 
-# An estimator maps (model, x, context, num_particles, generator) -> (per-example log p, kind).
-EstimatorFn = Callable[..., tuple[Tensor, Kind]]
+# An estimator maps (model, x, context, num_particles, generator) -> (per-example log p, kind),
+# or (per-example log p, kind, notes): notes (solver settings, function evaluations) a reader of
+# the number needs, collected into the Evaluation's notes.
+EstimatorFn = Callable[..., tuple[Tensor, Kind] | tuple[Tensor, Kind, tuple[str, ...]]]
 ESTIMATORS: dict[str, EstimatorFn] = {}
 # estimator="auto" picks by the family's declared likelihood capability.
 _AUTO = {"exact": "exact", "bound": "iwae", "none": "ais"}
@@ -467,7 +469,8 @@ def evaluate(
     try:
         run = dict(fn=fn, model=model, options=options, batch_size=batch_size,
                    device=device, dtype=dtype)
-        per_example, kinds = _score(x=x, context=context, seed=seed, **run)
+        per_example, kinds, found = _score(x=x, context=context, seed=seed, **run)
+        notes = (*notes, *found)
         if mc_examples != 0 and kinds != {"exact"} and x.shape[0] > 0:
             mc = _mc_variance_terms(run, x, context, per_example, seed, shared,
                                     mc_examples, world)
@@ -505,20 +508,24 @@ def _score(
     fn: EstimatorFn, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None,
     options: dict[str, Any], batch_size: int, device: torch.device, dtype: torch.dtype,
     seed: int,
-) -> tuple[Tensor, set[str]]:
+) -> tuple[Tensor, set[str], tuple[str, ...]]:
     """One run of an estimator over ``x`` in batches, on a forked RNG seeded with ``seed``:
-    per-example values (float64, CPU) and the kinds the batches returned."""
+    per-example values (float64, CPU), the kinds the batches returned and their notes (each
+    distinct note once, in order)."""
     kinds: set[str] = set()
+    notes: dict[str, None] = {}
     chunks = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device=device, dtype=dtype)
             cb = None if context is None else context[start : start + batch_size].to(device)
-            lp, kind = fn(model, xb, cb, **options)
+            lp, kind, *extra = fn(model, xb, cb, **options)
             kinds.add(kind)
+            notes.update(dict.fromkeys(extra[0] if extra else ()))
             chunks.append(lp.detach().double().cpu())
-    return (torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)), kinds
+    values = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
+    return values, kinds, tuple(notes)
 
 
 def _mc_seed(seed: int) -> int:
@@ -534,7 +541,7 @@ def _mc_variance_terms(
     sum of the variance terms and their count (see :func:`evaluate`)."""
     n = x.shape[0]
     if shared:  # the same batches, every example: per-batch mean differences
-        second, _ = _score(x=x, context=context, seed=_mc_seed(seed), **run)
+        second, _, _ = _score(x=x, context=context, seed=_mc_seed(seed), **run)
         total, batches = 0.0, 0
         for start in range(0, n, run["batch_size"]):
             a = first[start : start + run["batch_size"]]
@@ -545,7 +552,7 @@ def _mc_variance_terms(
     m = n if mc_examples is None else min(n, math.ceil(mc_examples / world))
     g = torch.Generator().manual_seed(_mc_seed(seed))
     idx = torch.randperm(n, generator=g)[:m].sort().values
-    second, _ = _score(x=x[idx], context=None if context is None else context[idx],
+    second, _, _ = _score(x=x[idx], context=None if context is None else context[idx],
                        seed=_mc_seed(seed), **run)
     d = first[idx] - second
     return float((d.pow(2) / 2).sum()), m

@@ -427,6 +427,9 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     Config: ClassVar[type[ModelConfig]]
     default_objective: ClassVar[str] = "mle"
     default_estimator: ClassVar[str | None] = None
+    #: True when the family defines a probability-flow ODE whose likelihood
+    #: :meth:`ode_log_prob` computes (diffusion); the ``"ode"`` estimator reads it.
+    probability_flow: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -771,6 +774,19 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             f"{type(self).__name__} has no denoising loss; fit it with its default objective "
             f"{self.default_objective!r}"
         )
+
+    def ode_log_prob(
+        self, x: Tensor, context: Tensor | None = None, **options: Any
+    ) -> tuple[Tensor, str, tuple[str, ...]]:
+        """The log-likelihood of ``x`` under the family's probability-flow ODE, for families
+        declaring :attr:`probability_flow`: ``(per-example nats (N,), kind, notes)``, kind
+        ``"exact"`` (exact trace, continuous data: exact up to the solver's tolerances),
+        ``"estimate"`` (Hutchinson's trace) or ``"lower_bound"`` (discrete data, dequantized),
+        notes naming the solver, its tolerances and its function evaluations."""
+        raise ValueError(
+            f"{type(self).__name__} defines no probability-flow ODE; use estimator='auto'"
+        )
+
     def estimator_defaults(self, estimator: str) -> dict[str, Any]:
         """Options this family wants for likelihood estimator ``estimator`` when the caller of
         ``ppgen.evaluate`` does not set them (e.g. a GAN's AIS schedule length); the caller's

@@ -33,7 +33,7 @@ __all__ = ["DDPM", "DDPMConfig", "DiffusionBound"]
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -46,9 +46,20 @@ from ppgen.models.diffusion.config import (
     DDPMConfig,
     LossKind,
     Sampler,
+    SpacingChoice,
 )
 from ppgen.models.diffusion.decoder import DiscretizedGaussian, quantize_unit
-from ppgen.models.diffusion.samplers import sample_ddim, sample_ddpm
+from ppgen.models.diffusion.probability_flow import (
+    ADAPTIVE_SOLVERS,
+    EXACT_TRACE_MAX_DIMS,
+    probability_flow_log_prob,
+)
+from ppgen.models.diffusion.samplers import (
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_heun,
+)
 from ppgen.models.diffusion.schedule import NoiseSchedule
 from ppgen.models.nets import TimeMLP, UNet
 
@@ -122,6 +133,7 @@ class DDPM(AbstractGenerativeModel):
     Config: ClassVar = DDPMConfig
     default_objective: ClassVar = "denoising"
     default_estimator: ClassVar = "elbo"
+    probability_flow: ClassVar = True
 
     def __init__(self, config: DDPMConfig | None = None, **fields: Any) -> None:
         super().__init__(config, **fields)
@@ -201,6 +213,16 @@ class DDPM(AbstractGenerativeModel):
             return pred.reshape(x_t.shape), raw.reshape(x_t.shape)
 
         return call
+
+    def _continuous_denoiser(self) -> Callable[[Tensor, float], tuple[Tensor, Tensor | None]]:
+        """The network at a float time ``t`` in [0, T] (the ODE solvers' grid), on the same
+        0..1000 scale as :meth:`_times`."""
+        call, scale = self._denoiser(), 1000.0 / self.config.timesteps
+
+        def at(x_t: Tensor, t: float) -> tuple[Tensor, Tensor | None]:
+            return call(x_t, x_t.new_tensor(t * scale))
+
+        return at
 
     def _network(self, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor | None]:
         """The denoiser at ``(x_t, t)``; see :meth:`_denoiser`."""
@@ -445,6 +467,93 @@ class DDPM(AbstractGenerativeModel):
             x, context, method=method, num_t=num_t, pilot=pilot, rows=rows
         ).per_example
 
+    @torch.no_grad()
+    def ode_log_prob(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        trace: Literal["auto", "exact", "hutchinson"] = "auto",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        solver: str = "dopri5",
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, str, tuple[str, ...]]:
+        r"""The log-likelihood of ``x`` (data as given) under this model's probability-flow
+        ODE (:func:`~ppgen.models.diffusion.probability_flow.probability_flow_log_prob`): the
+        model the deterministic samplers (DDIM, DPM-Solver++, Heun) draw from in the limit of
+        many steps, a different model from the ancestral chain :meth:`elbo` bounds.
+
+        Continuous data: the density of the data as given (the standardization's Jacobian
+        counted), ``"exact"`` up to the solver's tolerances with the exact trace, an
+        ``"estimate"`` (unbiased) with Hutchinson's. Discrete data: uniformly dequantized inside
+        each level's bin of width :math:`2/(L-1)` in [-1, 1], so
+        :math:`\log P(v) \ge \mathbb E_u \log p(y_v + u) + D \log(2/(L-1))`, a
+        ``"lower_bound"`` (Jensen; one draw of u per example). The predicted x0 is not
+        clipped: clipping would make the vector field non-smooth.
+
+        Select it through ``ppgen.evaluate(m, data, estimator="ode", rtol=1e-5)``.
+
+        Arguments:
+            x: data ``(N, *event_shape)`` as given.
+            context: must be None.
+            trace: ``"exact"``, ``"hutchinson"``, or ``"auto"`` (exact up to
+                :data:`~ppgen.models.diffusion.probability_flow.EXACT_TRACE_MAX_DIMS`
+                dimensions).
+            rtol, atol: the adaptive solver's tolerances.
+            solver: a ``torchdiffeq`` method (``"dopri5"``...).
+            generator: the random generator of the dequantization and Hutchinson's probe.
+
+        Returns:
+            ``(log-likelihoods in nats (N,), kind, notes)``.
+        """
+        self._check_context(context)
+        self._check_x(x)
+        cfg = self.config
+        if trace == "auto":
+            trace = "exact" if cfg.num_dims <= EXACT_TRACE_MAX_DIMS else "hutchinson"
+        if trace not in ("exact", "hutchinson"):
+            raise ValueError(f"trace must be 'auto', 'exact' or 'hutchinson', got {trace!r}")
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if isinstance(tol, bool) or not (
+                isinstance(tol, int | float) and math.isfinite(tol) and tol > 0
+            ):
+                raise ValueError(f"{name} must be a positive number, got {tol!r}")
+        if solver not in ADAPTIVE_SOLVERS:
+            raise ValueError(
+                f"solver must be an adaptive torchdiffeq method, one of {ADAPTIVE_SOLVERS} "
+                f"(the tolerances are what make the likelihood exact), got {solver!r}"
+            )
+        if cfg.kind == "continuous":
+            y0 = self._encode(x)
+            jacobian = -self.data_scale.log().sum().expand(x.shape[0])
+        else:
+            assert cfg.levels is not None
+            half = 1.0 / (cfg.levels - 1)
+            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            y0 = self._encode(x) + half * (2 * u - 1)
+            jacobian = x.new_full((x.shape[0],), cfg.num_dims * math.log(2 * half))
+        lp, nfe = probability_flow_log_prob(
+            self.schedule, self._continuous_denoiser(), y0,
+            parameterization=cfg.parameterization, trace=trace, rtol=rtol, atol=atol,
+            solver=solver, generator=generator,
+        )
+        if cfg.kind == "continuous":
+            kind = "exact" if trace == "exact" else "estimate"
+        else:
+            kind = "lower_bound"
+        what = {
+            "exact": "exact up to the solver's tolerances (exact trace)",
+            "estimate": "an unbiased estimate (Hutchinson's trace, one probe per example)",
+            "lower_bound": "a lower bound on the discrete likelihood (uniform dequantization, "
+            f"{trace} trace)",
+        }[kind]
+        notes = (
+            f"probability-flow ODE likelihood, {what}: {solver} with rtol={rtol:g}, "
+            f"atol={atol:g}; {nfe} function evaluations for a batch of {x.shape[0]}",
+        )
+        return lp + jacobian, kind, notes
+
     # ---- training -----------------------------------------------------------------------------
 
     def denoising_loss(
@@ -528,6 +637,7 @@ class DDPM(AbstractGenerativeModel):
         sampler: Sampler | None = None,
         sampling_steps: int | None = None,
         eta: float | None = None,
+        spacing: SpacingChoice | None = None,
     ) -> Tensor:
         """Draw ``n`` points in data units (levels for discrete data), ``(n, *event_shape)``.
 
@@ -537,21 +647,40 @@ class DDPM(AbstractGenerativeModel):
             generator: the random generator.
             context: must be None.
             sampler: ``"ddpm"`` (ancestral; with all T steps exactly the model's distribution,
-                the one :meth:`elbo` bounds; with fewer, the respaced chain of Nichol & Dhariwal)
-                or ``"ddim"`` (Song et al.; ``eta=0`` deterministic given x_T). Default: the
-                config's ``sampler``.
-            sampling_steps: the number of network calls (default: the config's, else T for
-                DDPM and min(50, T) for DDIM).
+                the one :meth:`elbo` bounds; with fewer, the respaced chain of Nichol & Dhariwal),
+                ``"ddim"`` (Song et al.; ``eta=0`` deterministic given x_T), or a deterministic
+                solver of the probability-flow ODE: ``"dpm++2m"`` (DPM-Solver++(2M), Lu et al.
+                2022) or ``"heun"`` (EDM, Karras et al. 2022). Default: the config's.
+            sampling_steps: the number of steps (default: the config's, else T for DDPM,
+                min(50, T) for DDIM, min(10, T) for the ODE solvers); network calls are the
+                steps, but ``2 steps - 1`` for Heun.
             eta: DDIM's noise level (default: the config's ``eta``).
+            spacing: the ODE solvers' time grid, ``"uniform"``, ``"quadratic"`` or
+                ``"karras"`` (default: the config's, else quadratic for DPM-Solver++ and uniform
+                for Heun, the best of the three for each on moons at about 10 network calls,
+                docs/benchmarks.md); DDPM and DDIM use their trailing integer grid and take none.
         """
         self._check_context(context)
         cfg = self.config
         sampler = sampler or cfg.sampler
         eta = cfg.eta if eta is None else float(eta)
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        default_steps = cfg.timesteps if sampler == "ddpm" else min(50, cfg.timesteps)
-        steps = sampling_steps or cfg.sampling_steps or default_steps
+        if sampler not in ("ddpm", "ddim", "dpm++2m", "heun"):
+            raise ValueError(
+                f"sampler must be 'ddpm', 'ddim', 'dpm++2m' or 'heun', got {sampler!r}"
+            )
+        ode = sampler in ("dpm++2m", "heun")
+        if spacing is not None and not ode:
+            raise ValueError(
+                f"spacing={spacing!r} applies to the ODE samplers ('dpm++2m', 'heun'); "
+                f"sampler={sampler!r} uses its own integer grid: drop spacing"
+            )
+        spacing = spacing or cfg.spacing or ("uniform" if sampler == "heun" else "quadratic")
+        if spacing not in ("uniform", "quadratic", "karras"):
+            raise ValueError(
+                f"spacing must be 'uniform', 'quadratic' or 'karras', got {spacing!r}"
+            )
+        default_steps = {"ddpm": cfg.timesteps, "ddim": 50}.get(sampler, 10)
+        steps = sampling_steps or cfg.sampling_steps or min(default_steps, cfg.timesteps)
         if not 1 <= steps <= cfg.timesteps or n < 1:
             raise ValueError(
                 f"need n >= 1 and 1 <= sampling_steps <= {cfg.timesteps}, got {n}, {steps}"
@@ -559,8 +688,13 @@ class DDPM(AbstractGenerativeModel):
         device, dtype = self.data_loc.device, self.data_loc.dtype
         generator = self.sampling_generator(seed, generator)
         x = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
-        denoise = self._denoiser(self._times(x))
         options = {"parameterization": cfg.parameterization, "clip": self._clip}
+        if ode:
+            solve = sample_heun if sampler == "heun" else sample_dpmpp_2m
+            x = solve(self.schedule, self._continuous_denoiser(), x, steps, spacing=spacing,
+                      **options)
+            return self._decode(x)
+        denoise = self._denoiser(self._times(x))
         if sampler == "ddpm":
             variance: Any = cfg.variance
             x = sample_ddpm(

@@ -22,8 +22,9 @@ network; the model hands it the network's noise prediction (``step``, ``ddim_ste
 
 from __future__ import annotations
 
-__all__ = ["NoiseSchedule", "ScheduleError"]
+__all__ = ["KARRAS_RHO", "NoiseSchedule", "ScheduleError", "Spacing"]
 
+import bisect
 import math
 from typing import Literal
 
@@ -34,6 +35,8 @@ from ppgen.models.base import building_on_meta as _building_on_meta
 
 ScheduleKind = Literal["linear", "cosine"]
 VarianceKind = Literal["small", "large"]
+Spacing = Literal["uniform", "quadratic", "karras"]
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. (5) and table 1
 
 
 class ScheduleError(ValueError):
@@ -475,6 +478,112 @@ class NoiseSchedule(nn.Module):
             direction / s1_t,
             sigma,
         )
+
+    # ---- continuous time: the ODE samplers and the probability-flow likelihood ------------------
+
+    def _log_sigmas(self) -> list[float]:
+        r""":math:`\log\sigma_t` for t = 0..T, :math:`\sigma_t = \sqrt{(1-\bar\alpha_t)/
+        \bar\alpha_t}` (the noise-to-signal ratio of EDM's variance-exploding form; entry 0 is
+        -inf, entry T +inf at zero terminal SNR), computed once from the float64 table."""
+        cached = self.__dict__.get("_log_sigma_table")
+        if cached is None:
+            ab = self._host["alphas_cumprod"]
+            cached = [
+                -math.inf if a >= 1 else math.inf if a <= 0 else 0.5 * math.log((1 - a) / a)
+                for a in ab
+            ]
+            self.__dict__["_log_sigma_table"] = cached
+        return cached
+
+    def sigma_at(self, t: float) -> float:
+        r""":math:`\sigma(t)`, continuous in ``t`` in [0, T]: the table's value at integer t,
+        :math:`\log\sigma` linear between integers (diffusers' interpolation of
+        ``log_sigmas``), and linear in t from :math:`\sigma(0) = 0` to :math:`\sigma_1` below
+        t = 1 (where the network was never trained; only the probability-flow ODE goes there).
+        The ODE samplers and :meth:`time_at` use this one map, so a sampler fed the exact noise
+        prediction integrates the exact probability-flow ODE."""
+        log_sigma, T = self._log_sigmas(), self.timesteps
+        if not 0.0 <= t <= T:
+            raise ScheduleError(f"time must lie in [0, {T}], got {t}")
+        if t <= 1.0:
+            return t * math.exp(log_sigma[1])
+        lo = min(int(math.floor(t)), T - 1)
+        w = t - lo
+        a, b = log_sigma[lo], log_sigma[lo + 1]
+        if w == 0.0:
+            return math.exp(a)
+        if w == 1.0 or math.isinf(b):
+            return math.exp(b) if w == 1.0 else math.inf
+        return math.exp((1 - w) * a + w * b)
+
+    def alpha_sigma_at(self, t: float) -> tuple[float, float]:
+        r""":math:`(\sqrt{\bar\alpha(t)}, \sqrt{1-\bar\alpha(t)})` at continuous time ``t``
+        (from :meth:`sigma_at`: :math:`\bar\alpha = 1/(1+\sigma^2)`); exactly the table's
+        values at integer t."""
+        if float(t).is_integer():
+            ab = self._host["alphas_cumprod"][int(t)]
+            return math.sqrt(ab), math.sqrt(1 - ab)
+        sigma = self.sigma_at(t)
+        if math.isinf(sigma):
+            return 0.0, 1.0
+        alpha = 1 / math.sqrt(1 + sigma * sigma)
+        return alpha, sigma * alpha
+
+    def time_at(self, sigma: float) -> float:
+        """The inverse of :meth:`sigma_at`: the time whose noise-to-signal ratio is ``sigma``
+        (clamped to [0, T])."""
+        log_sigma, T = self._log_sigmas(), self.timesteps
+        if sigma <= 0.0:
+            return 0.0
+        s1 = math.exp(log_sigma[1])
+        if sigma <= s1:
+            return sigma / s1
+        if sigma >= math.exp(log_sigma[T]):
+            return float(T)
+        ls = math.log(sigma)
+        hi = bisect.bisect_left(log_sigma, ls, 1, T + 1)  # log_sigma[hi - 1] < ls <= [hi]
+        a, b = log_sigma[hi - 1], log_sigma[hi]
+        return hi - 1 + (ls - a) / (b - a)
+
+    def sampling_times(self, steps: int, spacing: Spacing = "uniform") -> list[float]:
+        r"""The ``steps + 1`` times :math:`T = t_0 > t_1 > \dots > t_K = 0` an ODE sampler visits
+        (the network is called at :math:`t_0..t_{K-1}`; :math:`t_K = 0` is the data):
+
+        - ``"uniform"``: :math:`t_i = T(1 - i/K)`, DDIM's trailing spacing
+          (:meth:`ddim_timesteps`) before rounding;
+        - ``"quadratic"``: :math:`t_i = 1 + (T-1)(1 - i/K)^2`, dense near the data (DDIM,
+          Song et al. 2021, appendix D.2);
+        - ``"karras"``: :math:`\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{K-1}
+          (\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho}))^\rho`, :math:`\rho = 7`, between
+          :math:`\sigma_{max} = \sigma_T` and :math:`\sigma_{min} = \sigma_1` (EDM, Karras et
+          al. 2022, eq. 5), mapped to times by :meth:`time_at`.
+        """
+        T = self.timesteps
+        if not 1 <= steps <= T:
+            raise ScheduleError(f"sampling steps must lie in [1, {T}], got {steps}")
+        if spacing == "uniform":
+            times = [T * (1 - i / steps) for i in range(steps)]
+        elif spacing == "quadratic":
+            times = [1 + (T - 1) * (1 - i / steps) ** 2 for i in range(steps)]
+        elif spacing == "karras":
+            log_sigma = self._log_sigmas()
+            if math.isinf(log_sigma[T]):
+                raise ScheduleError(
+                    "spacing='karras' needs a finite sigma_max, but this schedule has zero "
+                    "terminal SNR; use spacing='uniform' or 'quadratic'"
+                )
+            hi, lo = math.exp(log_sigma[T]) ** (1 / KARRAS_RHO), math.exp(log_sigma[1]) ** (
+                1 / KARRAS_RHO
+            )
+            ramp = [i / (steps - 1) if steps > 1 else 0.0 for i in range(steps)]
+            times = [float(T)] + [
+                self.time_at((hi + r * (lo - hi)) ** KARRAS_RHO) for r in ramp[1:]
+            ]
+        else:
+            raise ScheduleError(
+                f"spacing must be 'uniform', 'quadratic' or 'karras', got {spacing!r}"
+            )
+        return [*times, 0.0]
 
     def respaced(self, steps: int) -> tuple[NoiseSchedule, list[int]]:
         """A schedule over the ``steps`` times of :meth:`ddim_timesteps` (Nichol & Dhariwal,

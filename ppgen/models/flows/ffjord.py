@@ -17,10 +17,10 @@ of function evaluations of the last solve is reported (:attr:`FFJORD.nfe`).
 
 from __future__ import annotations
 
-__all__ = ["CNF", "FFJORD", "FFJORDConfig"]
+__all__ = ["CNF", "FFJORD", "FFJORDConfig", "integrate_with_trace"]
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -68,23 +68,22 @@ class _ODENet(nn.Module):
 class _Dynamics(nn.Module):
     """The augmented ODE: the state and the running integral of the Jacobian's trace."""
 
-    def __init__(self, net: _ODENet, context: Tensor | None, trace: str,
+    def __init__(self, f: Callable[[Tensor, Tensor], Tensor], trace: str,
                  noise: Tensor | None) -> None:
         super().__init__()
-        self.net, self.c, self.trace, self.noise = net, context, trace, noise
+        self.f, self.trace, self.noise = f, trace, noise
         self.calls = 0
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         self.calls += 1
         z = state[0]
         outer_grad = torch.is_grad_enabled()
-        c = None if self.c is None else broadcast_context(self.c, z.shape[:-1])
         if self.trace == "none":
-            return self.net(t, z, c), torch.zeros_like(state[1])
+            return self.f(t, z), torch.zeros_like(state[1])
         with torch.enable_grad():
             if not (outer_grad and z.requires_grad):  # keep z's graph only when it is needed
                 z = z.detach().requires_grad_(True)
-            f = self.net(t, z, c)
+            f = self.f(t, z)
             if self.trace == "exact":
                 d = z.shape[-1]
                 eye = torch.eye(d, dtype=z.dtype, device=z.device)
@@ -101,6 +100,59 @@ class _Dynamics(nn.Module):
         return f, tr
 
 
+def integrate_with_trace(
+    f: Callable[[Tensor, Tensor], Tensor],
+    z: Tensor,
+    start: float,
+    end: float,
+    *,
+    trace: Literal["exact", "hutchinson", "none"] = "exact",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver: str = "dopri5",
+    step_size: float | None = None,
+    adjoint_params: tuple[Tensor, ...] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    r"""Solve :math:`\dot z = f(t, z)` from ``start`` to ``end`` with ``torchdiffeq``, together
+    with :math:`\int \operatorname{tr} \frac{\partial f}{\partial z}\, dt`: the machinery of
+    every continuous flow (:class:`CNF`; a diffusion model's probability-flow ODE).
+
+    Arguments:
+        f: the vector field, ``(t, z) -> dz/dt``, ``z`` of shape ``(..., D)``.
+        z: the initial state ``(..., D)``.
+        start, end: the integration interval (``end < start`` integrates backwards).
+        trace: ``"exact"`` (D vector-Jacobian products, batched into one), ``"hutchinson"``
+            (one Rademacher probe per solve, Grathwohl et al. 2019) or ``"none"``.
+        rtol, atol: the adaptive solver's tolerances.
+        solver: a ``torchdiffeq`` method.
+        step_size: the step of fixed-grid solvers.
+        adjoint_params: backpropagate with the adjoint method through these parameters.
+        generator: the random generator of Hutchinson's probe.
+
+    Returns:
+        ``(z(end), integral of the trace (...,), function evaluations)``.
+    """
+    from torchdiffeq import odeint, odeint_adjoint
+
+    noise = None
+    if trace == "hutchinson":
+        noise = torch.randint(0, 2, z.shape, device=z.device, generator=generator).to(z.dtype)
+        noise = noise * 2 - 1
+    dyn = _Dynamics(f, trace, noise)
+    times = torch.tensor([start, end], dtype=z.dtype, device=z.device)
+    state = (z, z.new_zeros(z.shape[:-1]))
+    options: dict[str, Any] = {}
+    if step_size is not None:
+        options["step_size"] = step_size
+    kwargs: dict[str, Any] = dict(rtol=rtol, atol=atol, method=solver, options=options or None)
+    if adjoint_params is not None:
+        out = odeint_adjoint(dyn, state, times, adjoint_params=adjoint_params, **kwargs)
+    else:
+        out = odeint(dyn, state, times, **kwargs)
+    return out[0][-1], out[1][-1], dyn.calls
+
+
 class _CNFTransform(FlowTransform):
     def __init__(self, layer: CNF, context: Tensor | None) -> None:
         super().__init__(1)
@@ -112,30 +164,20 @@ class _CNFTransform(FlowTransform):
             return "hutchinson" if self.layer.training and torch.is_grad_enabled() else "exact"
         return mode
 
-    def _solve(self, y: Tensor, forward: bool, trace: str) -> tuple[Tensor, Tensor]:
-        from torchdiffeq import odeint, odeint_adjoint
+    def _solve(self, y: Tensor, forward: bool, trace: Any) -> tuple[Tensor, Tensor]:
+        layer, c = self.layer, self.context
 
-        layer = self.layer
-        noise = None
-        if trace == "hutchinson":
-            noise = torch.randint(0, 2, y.shape, device=y.device).to(y.dtype) * 2 - 1
+        def f(t: Tensor, z: Tensor) -> Tensor:
+            return layer.net(t, z, None if c is None else broadcast_context(c, z.shape[:-1]))
+
         # data -> base integrates t from 0 to T; the inverse from T back to 0
-        dyn = _Dynamics(layer.net, self.context, trace, noise)
-        ends = [0.0, layer.time_length] if forward else [layer.time_length, 0.0]
-        times = torch.tensor(ends, dtype=y.dtype, device=y.device)
-        state = (y, y.new_zeros(y.shape[:-1]))
-        options: dict[str, Any] = {}
-        if layer.step_size is not None:
-            options["step_size"] = layer.step_size
-        kwargs: dict[str, Any] = dict(rtol=layer.rtol, atol=layer.atol, method=layer.solver,
-                                      options=options or None)
-        if layer.adjoint:
-            out = odeint_adjoint(dyn, state, times, adjoint_params=tuple(layer.net.parameters()),
-                                 **kwargs)
-        else:
-            out = odeint(dyn, state, times, **kwargs)
-        layer.last_nfe = dyn.calls
-        return out[0][-1], out[1][-1]
+        ends = (0.0, layer.time_length) if forward else (layer.time_length, 0.0)
+        z, tr, layer.last_nfe = integrate_with_trace(
+            f, y, *ends, trace=trace, rtol=layer.rtol, atol=layer.atol, solver=layer.solver,
+            step_size=layer.step_size,
+            adjoint_params=tuple(layer.net.parameters()) if layer.adjoint else None,
+        )
+        return z, tr
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._solve(x, True, self._trace_mode())
