@@ -32,11 +32,11 @@ __all__ = [
 
 from ppgen import checkpoint, datasets, inference, models
 from ppgen.checkpoint import load, save
+from ppgen.fitting import fit
 from ppgen.inference import analysis, metrics
 from ppgen.inference.forecasting import forecast
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.posterior import posterior
-from ppgen.inference.trainer import fit
 from ppgen.models import build
 from ppgen.models.custom import from_pyro
 from ppgen.run_directory import load_run

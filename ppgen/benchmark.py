@@ -32,8 +32,9 @@ from torch import Tensor
 
 from ppgen import datasets, models
 from ppgen.datasets.base import Dataset
+from ppgen.fitting import fit
 from ppgen.inference.likelihood import evaluate, select_observation_scale
-from ppgen.inference.trainer import fit, resolve_device
+from ppgen.inference.trainer import resolve_device
 from ppgen.models.base import AbstractGenerativeModel
 
 # family -> {"build": hyperparameters, "fit": trainer arguments, "evaluate": estimator options}

@@ -286,10 +286,10 @@ def _load_failure(e: Exception) -> str:
 # ---- the schema ---------------------------------------------------------------------------------
 #
 # Every field any reader takes from a payload (load, load_into, model_from_payload,
-# check_compatible, the trainer's _resume and its RNG streams, History.from_dict, the metrics'
-# feature cache) is checked here, so that a reader can index the payload without a KeyError or
-# TypeError. Extra keys are ignored (a newer writer may add some) except where a reader passes
-# them on as keywords (the history).
+# check_compatible, the trainer's resume (RunDirectory.resume reads with kind="training") and
+# its RNG streams, History.from_dict, the metrics' feature cache) is checked here, so that a
+# reader can index the payload without a KeyError or TypeError. Extra keys are ignored (a newer
+# writer may add some) except where a reader passes them on as keywords (the history).
 
 _KINDS = ("model", "training", "features")
 _TRAINING_KEYS = (

@@ -24,9 +24,10 @@ import torch
 
 from ppgen import datasets, models, run_directory
 from ppgen.datasets.base import Dataset
+from ppgen.fitting import fit
 from ppgen.inference import train_config
 from ppgen.inference.likelihood import evaluate
-from ppgen.inference.trainer import FitError, TrainingInterrupted, fit, seed_everything
+from ppgen.inference.trainer import FitError, TrainingInterrupted, seed_everything
 from ppgen.models.base import AbstractGenerativeModel
 
 

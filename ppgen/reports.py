@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ppgen import plots
+from ppgen.checkpoint import write_atomic
 from ppgen.datasets.base import Dataset
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.posterior import AmortizationGap, Method, inspect_latents
@@ -177,15 +178,29 @@ def inspect_report(
 
 def write_training_curve(history: Any | Mapping[str, Any], out_dir: str | Path) -> Path | None:
     """Draw a run's ``training_curve.png`` into ``out_dir`` from the ``History`` that
-    ``ppgen.fit`` returned (or its ``to_dict()``). A figure is never worth losing a run over: a
-    file-system or drawing error is printed to stderr and None returned.
+    ``ppgen.fit`` returned (or its ``to_dict()``), atomically (a kill mid-write leaves the
+    previous figure). A figure is never worth losing a run over: a file-system or drawing error
+    is printed to stderr and None returned.
+
+    ``ppgen.fit`` and ``ppgen fit`` draw it with the run's records; a caller of
+    :func:`ppgen.inference.trainer.fit`, which never draws, calls this.
 
     Returns:
         The file written, or None.
     """
+    import io
+
+    import matplotlib.pyplot as plt
+
     path = Path(out_dir) / "training_curve.png"
     try:
-        plots.training_curve(history, path=path)
+        fig = plots.training_curve(history)
+        buffer = io.BytesIO()
+        try:
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        write_atomic(path, buffer.getvalue(), "training curve")
     except (OSError, ValueError) as e:
         print(f"ppgen: could not write the training curve: {e}", file=sys.stderr)
         return None

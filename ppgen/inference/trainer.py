@@ -2,21 +2,30 @@
 
 :func:`fit` reads only the protocol: the model's declared ``default_objective`` and hooks
 (``initialize``, ``fit_defaults``, ``conditional``), and the objective's parameter groups,
-schedule and losses. It owns devices, minibatches, optimizers, gradient clipping, the
-non-finite guard, EMA, validation with best-checkpoint and early stopping, checkpoints and
-exact resume, progress bars, signals (Ctrl-C / SIGTERM save and stop cleanly), a lock on the
-run directory, and data-parallel training under ``torchrun`` (see
-:mod:`ppgen.inference.distributed`).
+schedule and losses. The pieces, in the order a reader meets them:
+
+- :func:`fit`: the settings (:class:`~ppgen.inference.train_config.TrainConfig`), the data
+  checked before any work, the run directory, the objective; then start, loop, finish.
+- :class:`_Step`: one optimizer step, the group and micro-batch loops (Pyro's ``SVI.step`` is
+  the model: compute the loss, step the optimizer), the non-finite guard, gradient clipping.
+- :class:`_Run`: the live objects of a run and what is done to all of them together: start or
+  resume, the loop (logging, validation with best weights and early stopping, checkpoints,
+  signals: Ctrl-C / SIGTERM save and stop cleanly), the end.
+- :class:`~ppgen.inference.run_files.RunDirectory`: the run directory's files, its lock and
+  the choice of the checkpoint to resume from; data-parallel training under ``torchrun``:
+  :mod:`ppgen.inference.distributed`.
 
 With validation data, :func:`fit` stops early by default (``patience="auto"``) and returns the
 model holding its best-validation weights, as Keras' ``restore_best_weights`` and Lightning's
 best checkpoint do; ``patience=None`` trains every step and keeps the last weights.
 
 A run directory is a record a later command can rely on, however the run ends: ``config.json``
-is complete when training starts, ``checkpoint.pt``, ``history.json`` and the training curve are
-written together at each checkpoint. A fit never replaces another run in its directory unless
-asked to (``overwrite=True``), and ``resume=True`` on a directory without a checkpoint yet starts
-from scratch, so a scheduler may always pass it.
+is complete when training starts, ``checkpoint.pt`` and ``history.json`` are written together at
+each checkpoint. A fit never replaces another run in its directory unless asked to
+(``overwrite=True``), and ``resume=True`` on a directory without a checkpoint yet starts from
+scratch, so a scheduler may always pass it. The trainer computes and records numbers and never
+draws: the caller draws, e.g. ``training_curve.png`` through ``on_checkpoint`` (as
+:func:`ppgen.fit` and ``ppgen fit`` do) or :func:`ppgen.reports.write_training_curve`.
 
 Reproducibility: the batch at step ``s`` is a function of ``(seed, s)`` alone (epoch ``e`` uses the
 permutation drawn from ``seed`` and ``e``), and the RNG states travel in the checkpoint, so
@@ -57,7 +66,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +80,13 @@ from ppgen.datasets.base import Dataset
 from ppgen.datasets.validation import DataError, as_batch, check_batch, check_continuous_columns
 from ppgen.inference import distributed as dist_utils
 from ppgen.inference.objectives import AbstractObjective, make_objective
+from ppgen.inference.run_files import RunDirectory, RunExistsError
 from ppgen.inference.train_config import FitError, TrainConfig
 from ppgen.models.base import AbstractGenerativeModel
 
 
 class NonFiniteLossError(FitError):
     """A loss or gradient became NaN/inf; the parameters are those of the last good step."""
-
-
-class RunExistsError(FitError):
-    """The run directory already holds a run (or something else) that the fit would replace."""
 
 
 # Validations without improvement before a fit with validation data stops (``patience="auto"``).
@@ -323,121 +329,6 @@ class _SignalGuard:
             signal.signal(sig, handler)
 
 
-# The files a run writes atomically (checkpoint.write_atomic), and the hard link of the
-# checkpoint rotation (_save_run): what a kill mid-write can leave behind is derived from them.
-_RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "history.json", "training_curve.png")
-_PREV_LINK = ".checkpoint.prev.pt.link"
-# What a ppgen run directory may hold: a directory with anything else is not (only) a run.
-_CHECKPOINTS = ("checkpoint.pt", "checkpoint.next.pt", "checkpoint.prev.pt")
-_RUN_RECORDS = ("config.json", "best.pt", *_CHECKPOINTS)  # a run a fit would replace
-_RUN_NAMES = frozenset({*_RUN_FILES, *_CHECKPOINTS, ".lock", _PREV_LINK})
-_CURVE_INTERVAL_S = 30.0  # the training curve at most this often at checkpoints (0.1-0.5 s each)
-
-
-def _is_run_file(name: str) -> bool:
-    """A file a ppgen fit writes in its run directory (or an interrupted write's temp file)."""
-    if name in _RUN_NAMES:
-        return True
-    return name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in _RUN_FILES)
-
-
-def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse, before any work, a fit that would replace a run or resume from something else.
-
-    Returns True when ``out`` holds a checkpoint to resume from. Without ``resume``, a
-    directory holding a run (config.json, a checkpoint, best.pt) is refused unless
-    ``overwrite``; with ``resume``, a directory without a checkpoint starts from scratch,
-    unless it holds files that a ppgen run does not write (named in the error).
-    """
-    if out.exists() and not out.is_dir():
-        raise RunExistsError(f"out={str(out)!r} is a file, not a run directory")
-    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    has_checkpoint = any(n in names for n in _CHECKPOINTS)
-    if resume:
-        if not has_checkpoint:
-            foreign = [n for n in names if not _is_run_file(n)]
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-                raise RunExistsError(
-                    f"{out} holds no ppgen checkpoint to resume from but other files ({shown}); "
-                    "it is not a ppgen run directory: choose another out directory"
-                )
-        return has_checkpoint
-    held = [n for n in _RUN_RECORDS if n in names]
-    if held and not overwrite:
-        _refuse_if_locked(out)  # a fit running there now: that is the news
-        raise RunExistsError(
-            f"{out} already holds a run ({', '.join(held)}); pass resume=True (--resume) to "
-            "continue it, overwrite=True (--overwrite) to replace it, or choose another out "
-            "directory"
-        )
-    return False
-
-
-def _remove_run(out: Path) -> None:
-    """Delete a previous run's files (``overwrite=True``): a file it left (an old best.pt)
-    must never pass for this run's. Only under the run lock."""
-    for name in (*_RUN_FILES, *_CHECKPOINTS):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out / name)
-
-
-def _remove_stale_temp_files(out: Path) -> None:
-    """Delete what an interrupted write left in ``out``. Only called under the run lock, so no
-    other fit can be writing those files now."""
-    ckpt.remove_partial_writes(out, _RUN_FILES)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(out / _PREV_LINK)
-
-
-def _in_use(out: Path, holder: str) -> FitError:
-    return FitError(
-        f"{out} is in use by another ppgen fit ({holder or 'another process'}); use another "
-        "--out directory or wait for that run to finish"
-    )
-
-
-def _refuse_if_locked(out: Path) -> None:
-    """Raise the lock's error when another fit holds ``out``'s lock now (a probe: released at
-    once)."""
-    import fcntl
-
-    try:
-        f = open(out / ".lock")  # noqa: SIM115 - closed below
-    except OSError:
-        return
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _in_use(out, f.read().strip()) from None
-        except OSError:
-            return
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on the run directory: two fits never interleave checkpoints."""
-    import fcntl
-
-    path = out / ".lock"
-    f = open(path, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise _in_use(out, f.read().strip()) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        yield
-    finally:
-        f.close()
-
-
 def _as_tensors(
     data: Dataset | Tensor, model: AbstractGenerativeModel, what: str, arg: str = "data"
 ) -> tuple[Tensor, Tensor | None]:
@@ -457,7 +348,9 @@ def _as_tensors(
     return x, (labels if model.conditional else None)
 
 
-# ---- the loop ---------------------------------------------------------------------------------
+
+
+# ---- the driver -------------------------------------------------------------------------------
 
 
 def fit(
@@ -468,6 +361,7 @@ def fit(
     val: Dataset | Tensor | None = None,
     out: str | os.PathLike | None = None,
     run_info: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[History, bool], None] | None = None,
     **settings: Any,
 ) -> History:
     """Fit ``model`` to ``data`` with its objective, through one shared loop.
@@ -486,13 +380,19 @@ def fit(
             validations without improvement) the model is left holding the best weights;
             ``patience=None`` trains every step and leaves the last (the best stay in
             ``best.pt``).
-        out: run directory for ``config.json``, ``checkpoint.pt``, ``best.pt``, ``history.json``
-            and ``training_curve.png``; None trains in memory. A directory that already holds
-            a run is refused (:class:`RunExistsError`) unless ``resume`` (continue it, falling
-            back to ``checkpoint.prev.pt`` when the latest is invalid; from scratch, saying so,
-            when it has no checkpoint yet) or ``overwrite`` (replace it).
+        out: run directory for ``config.json``, ``checkpoint.pt``, ``best.pt`` and
+            ``history.json`` (see :mod:`ppgen.inference.run_files`); None trains in memory. A
+            directory that already holds a run is refused (:class:`RunExistsError`) unless
+            ``resume`` (continue it, falling back to ``checkpoint.prev.pt`` when the latest is
+            invalid; from scratch, saying so, when it has no checkpoint yet) or ``overwrite``
+            (replace it).
         run_info: plain JSON data added to ``config.json`` when the run starts (e.g. the
             CLI's ``data`` name), so the record is complete however the run ends.
+        on_checkpoint: called as ``on_checkpoint(history, final)`` on the main process each
+            time ``history.json`` is written (with each checkpoint; ``final`` at the end and
+            when a signal stops the run): where a caller draws. This function draws nothing;
+            :func:`ppgen.fit` and ``ppgen fit`` draw ``training_curve.png`` there, and a
+            caller of this function draws it with :func:`ppgen.reports.write_training_curve`.
         **settings: any :class:`~ppgen.inference.train_config.TrainConfig` field, overriding
             ``config``'s (``fit(m, ds, steps=500, lr=1e-3)``).
 
@@ -507,236 +407,428 @@ def fit(
         NonFiniteLossError: non-finite loss or gradient (the last good checkpoint stays whole).
         TrainingInterrupted: SIGINT/SIGTERM (after finishing the step and saving a checkpoint).
     """
+    cfg = _settings(model, config, settings, out, run_info)
+    train = _as_tensors(data, model, "training data")
+    valid = None if val is None else _as_tensors(val, model, "validation data", "val")
+    if valid is None:
+        cfg = cfg.replace(patience=None)  # nothing to stop on, no best weights to return
+    run_dir = None if out is None else RunDirectory(out)
+    resuming = run_dir is not None and run_dir.check(cfg.resume, cfg.overwrite)
+    ctx = dist_utils.init(resolve_device(cfg.device))
+    _check_slices(min(cfg.batch_size, len(train[0])), ctx.world_size, cfg.accumulate)
+    # every rank builds the same model and objective from the same stream; the training streams
+    # (one per slice of the global batch) start in _Run.begin
+    seed_everything(cfg.seed)
+    model.to(ctx.device)
+    obj = make_objective(cfg.objective, model, **cfg.objective_options).to(ctx.device)
+    run = _Run(model, obj, cfg, ctx, run_dir, on_checkpoint)
+    with contextlib.ExitStack() as stack:
+        # from here a signal stops the run after its next step, with a checkpoint
+        guard = stack.enter_context(_SignalGuard())
+        if run_dir is not None:  # a fresh run clears what another run left there
+            clear = not resuming and (cfg.overwrite or cfg.resume)
+            stack.enter_context(run_dir.open(main=ctx.is_main, clear=clear))
+        start = run.begin(resuming, train[0], run_info)
+        step_fn = _Step(model, obj, run.optimizers, run.streams, ctx, cfg)
+        run.train(step_fn, train, valid, start, guard)
+        run.finish()
+    dist_utils.barrier(ctx)
+    return run.history
+
+
+def _settings(
+    model: AbstractGenerativeModel,
+    config: TrainConfig | None,
+    settings: dict[str, Any],
+    out: str | os.PathLike | None,
+    run_info: dict[str, Any] | None,
+) -> TrainConfig:
+    """The run's settings: ``config`` with ``settings`` and the family's defaults, validated,
+    and the defaults that depend on other settings resolved (objective, patience, intervals)."""
     if settings.get("objective_options") is None:
         settings.pop("objective_options", None)
     cfg = (config or TrainConfig()).replace(**settings)
     cfg = cfg.with_family_defaults(model.fit_defaults()).validate()
-    steps, batch_size, lr, seed, device = cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.device
-    resume, overwrite, progress = cfg.resume, cfg.overwrite, cfg.progress
-    objective = cfg.objective or model.default_objective
-    objective_options, ema, clip_grad = cfg.objective_options, cfg.ema, cfg.clip_grad
-    weight_decay, eval_every, patience = cfg.weight_decay, cfg.eval_every, cfg.patience
-    checkpoint_every, log_every = cfg.checkpoint_every, cfg.log_every
-    diagnostics_every, on_nonfinite, max_skipped = (
-        cfg.diagnostics_every, cfg.on_nonfinite, cfg.max_skipped)
-    precision, compile, accumulate = cfg.precision, cfg.compile, cfg.accumulate
-    if resume and out is None:
+    if cfg.resume and out is None:
         raise FitError("resume=True needs out= (the run directory to resume from)")
-    if resume and overwrite:
+    if cfg.resume and cfg.overwrite:
         raise FitError("resume=True continues the run in out, overwrite=True replaces it")
-    if patience == "auto":
-        patience = DEFAULT_PATIENCE
     if run_info is not None:
         try:
             json.dumps(run_info)
         except (TypeError, ValueError) as e:
             raise FitError(f"run_info must be plain JSON data: {e}") from None
-    x_train, c_train = _as_tensors(data, model, "training data")
-    x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data",
-                                                                  "val")
-    out_dir = Path(out) if out is not None else None
-    has_checkpoint = False
-    if out_dir is not None:
-        has_checkpoint = _check_run_dir(out_dir, resume, overwrite)
-    patience = patience if x_val is not None else None
-    best: dict[str, Any] | None = {} if patience is not None else None  # best weights, in memory
-    eval_every = eval_every or max(steps // 20, 1)
-    diagnostics_every = diagnostics_every or log_every
-    checkpoint_every = checkpoint_every or eval_every
+    eval_every = cfg.eval_every or max(cfg.steps // 20, 1)
+    return cfg.replace(
+        objective=cfg.objective or model.default_objective,
+        patience=DEFAULT_PATIENCE if cfg.patience == "auto" else cfg.patience,
+        eval_every=eval_every,
+        checkpoint_every=cfg.checkpoint_every or eval_every,
+        diagnostics_every=cfg.diagnostics_every or cfg.log_every,
+    )
 
-    ctx = dist_utils.init(resolve_device(device))
-    device = ctx.device
-    slices = ctx.world_size * accumulate
-    if min(batch_size, len(x_train)) % slices:
+
+def _check_slices(batch: int, world_size: int, accumulate: int) -> None:
+    if batch % (world_size * accumulate):
         raise FitError(
-            f"the global batch ({min(batch_size, len(x_train))}) must divide into processes x "
-            f"accumulate = {ctx.world_size} x {accumulate} equal slices; choose another "
-            "batch_size or accumulate"
+            f"the global batch ({batch}) must divide into processes x accumulate = "
+            f"{world_size} x {accumulate} equal slices; choose another batch_size or accumulate"
         )
-    # Every rank builds the same model and objective from the same stream; the training streams
-    # (one per slice of the global batch) are set up below.
-    seed_everything(seed)
-    model.to(device)
-    obj = make_objective(objective, model, **objective_options).to(device)
-    groups = obj.param_groups(model)
-    optimizers = {
-        g: torch.optim.Adam(params, weight_decay=weight_decay, **obj.optimizer_options(g, lr))
-        for g, params in groups.items()
-    }
-    ema_state = _EMA(model, ema) if ema is not None else None
-    history = History(out=None if out is None else str(out))
-    fit_args = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "objective": objective,
-        "objective_options": objective_options,
-        "ema": ema,
-        "clip_grad": clip_grad,
-        "weight_decay": weight_decay,
-        "world_size": ctx.world_size,
-        "precision": precision,
-        "compile": compile,
-        "accumulate": accumulate,
-    }
 
-    with contextlib.ExitStack() as stack:
-        # from here a signal stops the run after its next step, with a checkpoint
-        guard = stack.enter_context(_SignalGuard())
-        if out_dir is not None and ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(_run_lock(out_dir))
-            _remove_stale_temp_files(out_dir)
-            if not has_checkpoint and (overwrite or resume):
-                _remove_run(out_dir)  # nothing of another run may pass for this one's
+
+# the settings config.json records under "fit" (world_size after weight_decay)
+_RECORDED = ("steps", "batch_size", "lr", "seed", "objective", "objective_options", "ema",
+             "clip_grad", "weight_decay", "world_size", "precision", "compile", "accumulate")
+
+
+class _Step:
+    """One optimizer step: the group and micro-batch loops. Pyro's ``SVI.step`` is the model:
+    compute the loss, step the optimizer.
+
+    For each parameter group the objective schedules at ``step`` (most families: ``"model"``;
+    a GAN: its critic, then its generator): zero the group's gradients; for each of the
+    ``accumulate`` micro-batches, the loss on its own random stream and its gradient (the mean
+    over micro-batches here and over ranks by DDP is the global batch's); the global mean loss;
+    the gradient norm, clipped with ``clip_grad``; then the optimizer's step, or for a
+    non-finite loss or gradient a :class:`NonFiniteLossError` (``on_nonfinite="skip"``: the
+    group is skipped, at most ``max_skipped`` steps in a row). Every rank takes the same
+    decision, on the all-reduced loss.
+    """
+
+    def __init__(
+        self,
+        model: AbstractGenerativeModel,
+        obj: AbstractObjective,
+        optimizers: dict[str, torch.optim.Optimizer],
+        streams: _Streams,
+        ctx: dist_utils.Context,
+        cfg: TrainConfig,
+    ) -> None:
+        self.model, self.obj, self.optimizers, self.streams, self.ctx = (
+            model, obj, optimizers, streams, ctx)
+        self.groups = obj.param_groups(model)
+        self.accumulate, self.clip_grad = cfg.accumulate, cfg.clip_grad
+        self.on_nonfinite, self.max_skipped = cfg.on_nonfinite, cfg.max_skipped
+        self.consecutive_skips = 0
+        self.loss_fn = dist_utils.wrap(model, obj, ctx)
+        if cfg.compile:
+            _compile_networks(model, obj, None if cfg.compile is True else cfg.compile)
+        self.autocast = functools.partial(
+            torch.autocast, ctx.device.type, dtype=torch.bfloat16,
+            enabled=cfg.precision == "bf16",
+        )
+
+    def __call__(self, xb: Tensor, cb: Tensor | None, step: int) -> tuple[dict[str, float], bool]:
+        """Train on the batch ``xb`` (labels ``cb``); returns the logged losses (``"loss"``, or
+        ``"loss/<group>"`` for several groups) and whether a group was skipped."""
+        losses: dict[str, float] = {}
+        skipped = False
+        for group in self.obj.schedule(step):
+            opt = self.optimizers[group]
+            opt.zero_grad(set_to_none=True)
+            loss = self._backward(xb, cb, group, step)
+            norm = _grad_norm(self.groups[group], self.clip_grad)
+            if not self._finite(loss, norm, group, step, xb):
+                opt.zero_grad(set_to_none=True)
+                skipped = True
+                continue
+            opt.step()
+            losses[f"loss/{group}" if len(self.groups) > 1 else "loss"] = loss.item()
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
+        return losses, skipped
+
+    def _backward(self, xb: Tensor, cb: Tensor | None, group: str, step: int) -> Tensor:
+        """Accumulate the gradient of the global batch's mean loss; returns that loss."""
+        accumulate, model = self.accumulate, self.model
+        micro = len(xb) // accumulate
+        total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        # Buffers a forward pass changes (batch-norm statistics, a mask counter) behave as under
+        # DDP, which hands rank 0's to every rank before each forward: every micro-batch starts
+        # from the step's buffers, and the step keeps the first's.
+        buffers = _buffer_state(model) if accumulate > 1 else {}
+        kept = buffers
+        for j in range(accumulate):
+            if j == 1:
+                kept = _buffer_state(model)
+            if j > 0:
+                model.load_state_dict(buffers, strict=False)
+            part = slice(j * micro, (j + 1) * micro)
+            cj = None if cb is None else cb[part]
+            sync = j == accumulate - 1
+            with self.streams.use(j), dist_utils.maybe_no_sync(self.loss_fn, sync):
+                with self.autocast():
+                    loss = self.loss_fn(xb[part], cj, group, step)
+                (loss / accumulate).backward()
+            total += loss.detach().double()
+        if accumulate > 1:
+            model.load_state_dict(kept, strict=False)
+        # the global mean loss: logged, and the same skip decision on every rank
+        return dist_utils.all_reduce_mean(total / accumulate, self.ctx)
+
+    def _finite(self, loss: Tensor, norm: Tensor, group: str, step: int, xb: Tensor) -> bool:
+        bad_loss = not torch.isfinite(loss).item()
+        if not bad_loss and torch.isfinite(norm).item():
+            return True
+        if self.on_nonfinite == "raise" or self.consecutive_skips >= self.max_skipped:
+            raise NonFiniteLossError(
+                f"non-finite {'loss' if bad_loss else 'gradient'} at step {step} (group "
+                f"{group!r}, loss={loss.item()}); batch: {_batch_stats(xb)}. The last good "
+                "checkpoint is kept. Lower the lr, set clip_grad, or pass on_nonfinite='skip'."
+            )
+        return False
+
+
+class _Run:
+    """The live objects of one fit (model, objective, optimizers, EMA, random streams,
+    history) and what is done to all of them together: start or resume, the loop, validation,
+    checkpoints and the end. Every rank holds one; the run directory writes on the main one."""
+
+    def __init__(
+        self,
+        model: AbstractGenerativeModel,
+        obj: AbstractObjective,
+        cfg: TrainConfig,
+        ctx: dist_utils.Context,
+        run_dir: RunDirectory | None,
+        on_checkpoint: Callable[[History, bool], None] | None,
+    ) -> None:
+        self.model, self.obj, self.cfg, self.ctx, self.run_dir = model, obj, cfg, ctx, run_dir
+        self.on_checkpoint = on_checkpoint
+        self.optimizers = {
+            g: torch.optim.Adam(params, weight_decay=cfg.weight_decay,
+                                **obj.optimizer_options(g, cfg.lr))
+            for g, params in obj.param_groups(model).items()
+        }
+        self.ema = _EMA(model, cfg.ema) if cfg.ema is not None else None
+        self.streams = _Streams(cfg.seed, ctx.rank, cfg.accumulate)
+        self.history = History(out=None if run_dir is None else run_dir.given)
+        # the best weights, in memory (a CPU copy), when training returns them
+        self.best: dict[str, Any] | None = {} if cfg.patience is not None else None
+
+    # ---- start -----------------------------------------------------------------------------
+
+    def begin(self, resuming: bool, x_train: Tensor, run_info: dict[str, Any] | None) -> int:
+        """Resume from the run directory, or start afresh (the model initialized on the first
+        batch, the random streams seeded); write ``config.json``. Returns the first step."""
         start = 0
-        streams = _Streams(seed, ctx.rank, accumulate)
-        records = _Records(out_dir if ctx.is_main else None)
-        if has_checkpoint:
-            start = _resume(out_dir, model, obj, optimizers, ema_state, history, streams, ctx)  # type: ignore[arg-type]
-            records.config(model, fit_args, run_info, keep=True)
-        else:
-            if resume and ctx.is_main:
-                print(f"ppgen: {out_dir} has no checkpoint yet; starting from scratch",
-                      file=sys.stderr)
-            records.config(model, fit_args, run_info, keep=False)
+        if resuming:
+            start = self.run_dir.resume(self.model, self._load)  # type: ignore[union-attr]
+            self.history.out = str(self.run_dir.path)  # type: ignore[union-attr]
+        elif self.cfg.resume and self.ctx.is_main:
+            print(f"ppgen: {self.run_dir.path} has no checkpoint yet; starting from scratch",  # type: ignore[union-attr]
+                  file=sys.stderr)
+        if self.run_dir is not None:
+            self.run_dir.write_config(self._record(run_info), keep=resuming)
         if start == 0:
             with torch.no_grad():
-                idx = batch_indices(len(x_train), batch_size, seed, 0)
-                model.initialize(x_train[idx].to(device=device, dtype=_dtype(model)))
-            if ema_state is not None:
-                ema_state = _EMA(model, ema)  # type: ignore[arg-type]
-            streams.start()
-        model_ddp = dist_utils.wrap(model, obj, ctx)
-        if compile:
-            _compile_networks(model, obj, None if compile is True else compile)
-        autocast = functools.partial(
-            torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
-        )
-        bar = _progress(progress and ctx.is_main, start, steps)
+                idx = batch_indices(len(x_train), self.cfg.batch_size, self.cfg.seed, 0)
+                self.model.initialize(
+                    x_train[idx].to(device=self.ctx.device, dtype=_dtype(self.model)))
+            if self.ema is not None:
+                self.ema = _EMA(self.model, self.ema.decay)
+            self.streams.start()
+        return start
+
+    def _record(self, run_info: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``config.json`` records: the model, the settings, the command, ``run_info``."""
+        payload = ckpt.model_payload(self.model)
+        settings = {**self.cfg.to_dict(), "world_size": self.ctx.world_size}
+        return {
+            "family": payload["family"],
+            "model": payload["config"],
+            "fit": {k: settings[k] for k in _RECORDED},
+            "argv": sys.argv,
+            **(run_info or {}),
+        }
+
+    def _load(self, payload: dict[str, Any], path: Path) -> int:
+        """Load a training checkpoint (validated by the checkpoint schema) into the live run;
+        returns its step. A state that does not fit is a ``CheckpointError`` and leaves the run
+        as it was (the run directory then tries the previous checkpoint)."""
+        # what needs the live run: the shapes of every tensor, the optimizer groups (tried on
+        # meta copies), on a copy: the check's trial step advances Adam's step counts in place
+        ckpt.check_training_state(copy.deepcopy(payload), str(path), self.model, self.obj,
+                                  self.optimizers)
+        if self.ema is not None and payload["ema_decay"] is None:
+            raise FitError(
+                f"{path.parent}: the run was trained without EMA; resume without ema")
+        before = self._snapshot()
+        try:
+            return self._apply(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            self._restore(before)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ckpt.CheckpointError(f"{path}: does not fit this run ({first})") from None
+
+    def _apply(self, payload: dict[str, Any]) -> int:
+        """Raises what torch raises (RuntimeError, ValueError, KeyError) when a state does not
+        fit."""
+        self.model.load_state_dict(payload["raw_state_dict"] or payload["model"]["state_dict"])
+        if self.ema is not None:
+            shadow = payload["model"]["state_dict"]
+            if set(shadow) != set(self.ema.shadow):
+                raise KeyError("the EMA weights name other tensors than the model's")
+            self.ema.shadow = {k: v.to(self.ctx.device) for k, v in shadow.items()}
+        self.obj.load_state_dict(payload["objective"]["state_dict"])
+        for g, opt in self.optimizers.items():
+            if g not in payload["optimizers"]:
+                raise KeyError(f"no optimizer state for parameter group {g!r}")
+            opt.load_state_dict(payload["optimizers"][g])
+        # a checkpoint of an older ppgen has one stream, "rng" (the schema checks the one read)
+        saved = payload.get("rng_streams") or {0: payload["rng"]}
+        step = payload["step"]
+        fresh = self.streams.load(saved, step)
+        saved_history = History.from_dict(payload["history"])
+        for f in dataclasses.fields(History):
+            setattr(self.history, f.name, getattr(saved_history, f.name))
+        slices = self.ctx.world_size * len(self.streams.ids)
+        if self.ctx.is_main and (fresh or len(saved) != slices):
+            print(
+                f"ppgen: the run was trained with {len(saved)} batch slices "
+                f"(processes x accumulate), this run has {slices}; training goes on, but the "
+                "random draws differ from an uninterrupted run (keep processes x accumulate "
+                "equal to continue exactly)",
+                file=sys.stderr,
+            )
+        return step
+
+    def _snapshot(self) -> dict[str, Any]:
+        """A copy of what applying a checkpoint changes (to undo one that does not fit)."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "objective": copy.deepcopy(self.obj.state_dict()),
+            "optimizers": {g: copy.deepcopy(o.state_dict()) for g, o in self.optimizers.items()},
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.obj.load_state_dict(state["objective"])
+        for g, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][g])
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def train(
+        self,
+        step_fn: _Step,
+        train: tuple[Tensor, Tensor | None],
+        valid: tuple[Tensor, Tensor | None] | None,
+        start: int,
+        guard: _SignalGuard,
+    ) -> None:
+        """Steps ``start`` to ``steps``: a batch, a step, then the records, validation,
+        checkpoints and signals of that step."""
+        cfg, history, ctx = self.cfg, self.history, self.ctx
+        (x_train, c_train), steps = train, cfg.steps
+        bar = _progress(cfg.progress and ctx.is_main, start, steps)
         t0 = time.perf_counter() - history.elapsed
-        consecutive_skips = 0
         step = guard.step = start
-        if start > 0 and patience is not None and history.val:
-            history.stopped_early = _validations_since_best(history) >= patience
+        if start > 0 and cfg.patience is not None and history.val:
+            history.stopped_early = _validations_since_best(history) >= cfg.patience
             if history.stopped_early and ctx.is_main:
-                print(f"ppgen: {out_dir} already stopped early at step {start} (no improvement "
-                      f"in {patience} validations); nothing to train", file=sys.stderr)
-        model.train()
+                print(f"ppgen: {history.out} already stopped early at step {start} (no "
+                      f"improvement in {cfg.patience} validations); nothing to train",
+                      file=sys.stderr)
+        self.model.train()
         while step < steps and not history.stopped_early:
-            idx = batch_indices(len(x_train), batch_size, seed, step)
+            idx = batch_indices(len(x_train), cfg.batch_size, cfg.seed, step)
             idx = dist_utils.shard(idx, ctx)
-            xb = x_train[idx].to(device=device, dtype=_dtype(model), non_blocking=True)
-            cb = None if c_train is None else c_train[idx].to(device)
-            micro = len(xb) // accumulate
-            losses: dict[str, float] = {}
-            skipped = False
-            for group in obj.schedule(step):
-                opt = optimizers[group]
-                opt.zero_grad(set_to_none=True)
-                # Each micro-batch's loss is a mean over its slice; the mean of the slices'
-                # gradients (over micro-batches here, over ranks by DDP) is the global batch's.
-                total = torch.zeros((), dtype=torch.float64, device=device)
-                # Buffers a forward pass changes (batch-norm statistics, a mask counter) behave
-                # as under DDP, which hands rank 0's to every rank before each forward: every
-                # micro-batch starts from the step's buffers, and the step keeps the first's.
-                buffers = _buffer_state(model) if accumulate > 1 else {}
-                kept = buffers
-                for j in range(accumulate):
-                    if j == 1:
-                        kept = _buffer_state(model)
-                    if j > 0:
-                        model.load_state_dict(buffers, strict=False)
-                    part = slice(j * micro, (j + 1) * micro)
-                    cj = None if cb is None else cb[part]
-                    sync = j == accumulate - 1
-                    with streams.use(j), dist_utils.maybe_no_sync(model_ddp, sync):
-                        with autocast():
-                            loss = model_ddp(xb[part], cj, group, step)
-                        (loss / accumulate).backward()
-                    total += loss.detach().double()
-                if accumulate > 1:
-                    model.load_state_dict(kept, strict=False)
-                # the global mean loss: logged, and the same skip decision on every rank
-                loss_mean = dist_utils.all_reduce_mean(total / accumulate, ctx)
-                norm = _grad_norm(groups[group], clip_grad)
-                bad_loss = not torch.isfinite(loss_mean).item()
-                if bad_loss or not torch.isfinite(norm).item():
-                    if on_nonfinite == "raise" or consecutive_skips >= max_skipped:
-                        raise NonFiniteLossError(
-                            f"non-finite {'loss' if bad_loss else 'gradient'} at "
-                            f"step {step} (group {group!r}, loss={loss_mean.item()}); batch: "
-                            f"{_batch_stats(xb)}. The last good checkpoint is kept. Lower the lr, "
-                            "set clip_grad, or pass on_nonfinite='skip'."
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    skipped = True
-                    continue
-                opt.step()
-                losses[f"loss/{group}" if len(groups) > 1 else "loss"] = loss_mean.item()
-            consecutive_skips = consecutive_skips + 1 if skipped else 0
+            xb = x_train[idx].to(device=ctx.device, dtype=_dtype(self.model), non_blocking=True)
+            cb = None if c_train is None else c_train[idx].to(ctx.device)
+            losses, skipped = step_fn(xb, cb, step)
             history.skipped_steps += int(skipped)
-            if ema_state is not None:
-                ema_state.update(model)
+            if self.ema is not None:
+                self.ema.update(self.model)
             step += 1
             history.steps = guard.step = step
-            if step % log_every == 0 or step == steps:
-                history.train.append({"step": step, **losses, "time": time.perf_counter() - t0})
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
-            if step % diagnostics_every == 0 or step == steps:
-                diagnostics = obj.diagnostics()
-                if diagnostics:
-                    history.diagnostics.append({"step": step, **diagnostics})
-            if bar is not None:
-                bar.update(1)
+            self._log(step, losses, t0, bar)
             stop_early = False
-            if x_val is not None and (step % eval_every == 0 or step == steps):
-                stop_early = _validate(
-                    model,
-                    obj,
-                    x_val,
-                    c_val,
-                    ema_state,
-                    history,
-                    step,
-                    out_dir,
-                    ctx,
-                    patience,
-                    batch_size,
-                    best,
-                )
-                history.stopped_early = stop_early
+            if valid is not None and (step % cfg.eval_every == 0 or step == steps):
+                stop_early = history.stopped_early = self._validate(valid, step)
             history.elapsed = time.perf_counter() - t0
             # a signal stops every rank after the same step (torchrun may signal one rank first)
             signum = dist_utils.all_reduce_max(guard.signum or 0, ctx)
             if signum:
-                path = _save_run(
-                    out_dir, model, obj, optimizers, ema_state, history, step, streams, ctx,
-                    records, final=True,
-                )
+                path = self.save(step, final=True)
                 if bar is not None:
                     bar.close()
                 raise TrainingInterrupted(signum, step, path)
-            if out_dir is not None and (
-                step % checkpoint_every == 0 or step == steps or stop_early
-            ):
-                _save_run(out_dir, model, obj, optimizers, ema_state, history, step, streams, ctx,
-                          records)
+            if step % cfg.checkpoint_every == 0 or step == steps or stop_early:
+                self.save(step)
         if bar is not None:
             bar.close()
         history.elapsed = time.perf_counter() - t0
-        if ema_state is not None:
-            model.load_state_dict(ema_state.shadow)
-        if best is not None and history.best_step is not None:
-            _restore_best(model, best, out_dir, history, ctx)
+
+    def _log(self, step: int, losses: dict[str, float], t0: float, bar: Any) -> None:
+        """The training record (every ``log_every`` steps), the objective's diagnostics (every
+        ``diagnostics_every``), the progress bar."""
+        cfg, history = self.cfg, self.history
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history.train.append({"step": step, **losses, "time": time.perf_counter() - t0})
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+        if step % cfg.diagnostics_every == 0 or step == cfg.steps:  # type: ignore[operator]
+            diagnostics = self.obj.diagnostics()
+            if diagnostics:
+                history.diagnostics.append({"step": step, **diagnostics})
+        if bar is not None:
+            bar.update(1)
+
+    def _validate(self, valid: tuple[Tensor, Tensor | None], step: int) -> bool:
+        return _validate(self.model, self.obj, *valid, self.ema, self.history, step,
+                         self.run_dir, self.ctx, self.cfg.patience,  # type: ignore[arg-type]
+                         self.cfg.batch_size, self.best)
+
+    # ---- records -----------------------------------------------------------------------------
+
+    def save(self, step: int, final: bool = False) -> Path | None:
+        """Write the checkpoint of ``step`` and ``history.json`` (then ``on_checkpoint``), so
+        a run stopped at any point has every record a later command reads. Every rank calls it
+        (the random streams of all ranks are gathered); the main one writes."""
+        if self.run_dir is None:
+            return None
+        rng_streams = dist_utils.gather_dicts(self.streams.state_dict(), self.ctx)
+        if not self.ctx.is_main:
+            return None
+        model_payload = ckpt.model_payload(self.model)
+        if self.ema is not None:  # evaluation takes the averaged weights
+            model_payload["state_dict"] = self.ema.shadow
+        payload = {
+            "format": ckpt.FORMAT_VERSION,
+            "model": model_payload,
+            "raw_state_dict": self.model.state_dict() if self.ema is not None else None,
+            "objective": {"name": self.obj.name, "options": self.obj.options,
+                          "state_dict": self.obj.state_dict()},
+            "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
+            "ema_decay": None if self.ema is None else self.ema.decay,
+            "rng": rng_streams[0],  # stream 0, as older checkpoints had it
+            "rng_streams": rng_streams,
+            "step": step,
+            "history": self.history.to_dict(),
+        }
+        path = self.run_dir.save(payload, self.history.to_dict())
+        self._written(final)
+        return path
+
+    def _written(self, final: bool) -> None:
+        if self.on_checkpoint is not None and self.run_dir is not None and self.ctx.is_main:
+            self.on_checkpoint(self.history, final)
+
+    def finish(self) -> None:
+        """Leave the model holding the weights :func:`fit` returns (the EMA's, else the last;
+        the best validation's when patience is set), in eval mode, the same on every rank;
+        write the final ``history.json``."""
+        model, history = self.model, self.history
+        if self.ema is not None:
+            model.load_state_dict(self.ema.shadow)
+        if self.best is not None and history.best_step is not None:
+            _restore_best(model, self.best, self.run_dir, history, self.ctx)
         # buffers a forward pass changes (batch-norm statistics...) are rank 0's on every rank
-        dist_utils.broadcast_buffers(model, ctx)
+        dist_utils.broadcast_buffers(model, self.ctx)
         model.eval()
-        records.history(history, plot=True)
-    dist_utils.barrier(ctx)
-    return history
+        if self.run_dir is not None and self.ctx.is_main:
+            self.run_dir.write_history(history.to_dict())
+            self._written(final=True)
 
 
 def _compile_networks(
@@ -888,7 +980,7 @@ def _validate(
     ema_state: _EMA | None,
     history: History,
     step: int,
-    out_dir: Path | None,
+    run_dir: RunDirectory | None,
     ctx: dist_utils.Context,
     patience: int | None,
     batch_size: int,
@@ -929,8 +1021,8 @@ def _validate(
                 best["state"] = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
-            if out_dir is not None and ctx.is_main:
-                ckpt.write_checkpoint(out_dir / "best.pt", ckpt.model_payload(model))
+            if run_dir is not None:
+                run_dir.write_best(ckpt.model_payload(model))
     model.train()
     if patience is None or improved:
         return False
@@ -944,17 +1036,16 @@ def _validations_since_best(history: History) -> int:
 def _restore_best(
     model: AbstractGenerativeModel,
     best: dict[str, Any],
-    out_dir: Path | None,
+    run_dir: RunDirectory | None,
     history: History,
     ctx: dist_utils.Context,
 ) -> None:
     """Load the best-validation weights: this process's copy, else (the best came before a
     resume) ``best.pt``; an unreadable best.pt leaves the last weights, and says so."""
     state = best.get("state")
-    if state is None and out_dir is not None:
+    if state is None and run_dir is not None:
         try:
-            payload = ckpt.read_checkpoint(out_dir / "best.pt", map_location="cpu")
-            model.load_state_dict(payload["state_dict"])
+            model.load_state_dict(run_dir.read_best())
         except (ckpt.CheckpointError, KeyError, TypeError, RuntimeError) as e:
             if ctx.is_main:
                 print(f"ppgen: keeping the last weights: cannot read the best ones ({e})",
@@ -966,343 +1057,3 @@ def _restore_best(
         return
     history.restored_best = True
 
-
-class _Records:
-    """The run directory's records beside the checkpoints: ``config.json`` (once, at the start),
-    ``history.json`` and ``training_curve.png`` (at each checkpoint and at the end), all written
-    atomically. ``out`` is None in memory and on ranks other than 0: then it writes nothing."""
-
-    def __init__(self, out: Path | None) -> None:
-        self.out = out
-        self._last_plot = -math.inf
-
-    def config(
-        self,
-        model: AbstractGenerativeModel,
-        fit_args: dict[str, Any],
-        run_info: dict[str, Any] | None,
-        keep: bool,
-    ) -> None:
-        """Write ``config.json``; with ``keep`` (a resumed run) only when it is missing or lacks
-        a key of ``run_info`` (a run of an older ppgen), keeping what it records."""
-        if self.out is None:
-            return
-        path = self.out / "config.json"
-        payload = ckpt.model_payload(model)
-        config: dict[str, Any] = {
-            "family": payload["family"],
-            "model": payload["config"],
-            "fit": fit_args,
-            "argv": sys.argv,
-            **(run_info or {}),
-        }
-        if keep:
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, ValueError):
-                old = None
-            if isinstance(old, dict):
-                if all(k in old for k in config if k != "argv"):
-                    return
-                config = {**config, **old}
-        ckpt.write_atomic(path, json.dumps(config, indent=2).encode(), "run config")
-
-    def history(self, history: History, plot: bool) -> None:
-        """Write ``history.json``, and the training curve when ``plot`` or when the last one is
-        older than ``_CURVE_INTERVAL_S`` (a figure costs 0.1-0.5 s; a checkpoint may come every
-        step)."""
-        if self.out is None:
-            return
-        ckpt.write_atomic(self.out / "history.json",
-                          json.dumps(history.to_dict(), indent=1).encode(), "history")
-        now = time.monotonic()
-        if plot or now - self._last_plot >= _CURVE_INTERVAL_S:
-            _plot_curve(self.out, history)
-            self._last_plot = now
-
-
-def _save_run(
-    out_dir: Path | None,
-    model: AbstractGenerativeModel,
-    obj: AbstractObjective,
-    optimizers: dict[str, torch.optim.Optimizer],
-    ema_state: _EMA | None,
-    history: History,
-    step: int,
-    streams: _Streams,
-    ctx: dist_utils.Context,
-    records: _Records,
-    final: bool = False,
-) -> Path | None:
-    """Write ``checkpoint.pt`` atomically, keeping the previous one as ``checkpoint.prev.pt``,
-    then ``history.json`` and the training curve (always when ``final``), so a run stopped at
-    any point has every record a later command reads.
-
-    Every rank calls it (the random streams of all ranks are gathered); rank 0 writes."""
-    if out_dir is None:
-        return None
-    rng_streams = dist_utils.gather_dicts(streams.state_dict(), ctx)
-    if not ctx.is_main:
-        return None
-    eval_payload = ckpt.model_payload(model)
-    if ema_state is not None:
-        eval_payload["state_dict"] = ema_state.shadow
-    payload = {
-        "format": ckpt.FORMAT_VERSION,
-        "model": eval_payload,
-        "raw_state_dict": model.state_dict() if ema_state is not None else None,
-        "objective": {"name": obj.name, "options": obj.options, "state_dict": obj.state_dict()},
-        "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
-        "ema_decay": None if ema_state is None else ema_state.decay,
-        "rng": rng_streams[0],  # stream 0, as older checkpoints had it
-        "rng_streams": rng_streams,
-        "step": step,
-        "history": history.to_dict(),
-    }
-    path = out_dir / "checkpoint.pt"
-    if path.exists():
-        # the predecessor becomes checkpoint.prev.pt through a hard link (the same bytes), and
-        # the new checkpoint is renamed over checkpoint.pt by write_checkpoint (temp file,
-        # fsync, rename): checkpoint.pt is never absent nor partial, whenever a kill comes
-        link = out_dir / _PREV_LINK
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(link)
-        try:
-            os.link(path, link)
-        except OSError:  # a filesystem without hard links: a copy
-            import shutil
-
-            shutil.copyfile(path, link)
-        os.replace(link, out_dir / "checkpoint.prev.pt")
-        # rename() does nothing when both names already are the same file (a write killed after
-        # the last rotation left checkpoint.prev.pt and checkpoint.pt one file): drop the link
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(link)
-    ckpt.write_checkpoint(path, payload)
-    ckpt._fsync_dir(out_dir)
-    records.history(history, plot=final)
-    return path
-
-
-def _resume(
-    out_dir: Path,
-    model: AbstractGenerativeModel,
-    obj: AbstractObjective,
-    optimizers: dict[str, torch.optim.Optimizer],
-    ema_state: _EMA | None,
-    history: History,
-    streams: _Streams,
-    ctx: dist_utils.Context,
-) -> int:
-    """Load the newest valid checkpoint of ``out_dir`` into the run; returns its step.
-
-    A checkpoint that is invalid in any way (truncated, corrupted, a field missing or of the
-    wrong type, weights or optimizer state that do not fit) is skipped for the next one
-    (``checkpoint.next.pt``, ``checkpoint.prev.pt``), and the fallback is said in one line. A
-    checkpoint of another model (family or config) is the caller's mistake, not damage: it
-    stops the resume at once, as does resuming with EMA a run trained without it.
-    """
-    errors = []
-    before = _run_state(model, obj, optimizers)
-    for path in (out_dir / n for n in _CHECKPOINTS):
-        if not path.exists():
-            continue
-        try:
-            # the file's structure (every field typed), then what needs the live run: shapes
-            # of every tensor, optimizer groups (tried on meta copies, no memory)
-            payload = ckpt.read_checkpoint(path, map_location="cpu")
-            saved = _SavedRun.parse(payload, path)
-            ckpt.check_compatible(model, saved.model, str(path))
-            # on a copy: the check's trial optimizer step advances Adam's step counts in place
-            ckpt.check_training_state(copy.deepcopy(payload), str(path), model, obj, optimizers)
-        except ckpt.CheckpointError as e:
-            if "config differs" in str(e) or "holds a" in str(e):
-                raise
-            errors.append(str(e))
-            continue
-        if ema_state is not None and saved.ema_decay is None:
-            raise FitError(f"{out_dir}: the run was trained without EMA; resume without ema")
-        try:
-            step = saved.apply(model, obj, optimizers, ema_state, history, streams, ctx)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-            _set_run_state(model, obj, optimizers, before)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            errors.append(f"{path}: does not fit this run ({first})")
-            continue
-        if errors and ctx.is_main:
-            print(f"ppgen: {errors[-1]}; resuming from {path.name} instead", file=sys.stderr)
-        history.out = str(out_dir)
-        return step
-    raise ckpt.CheckpointError(
-        f"{out_dir}: nothing to resume from ({'; '.join(errors)}); move the damaged "
-        "checkpoints away, or fit with overwrite=True (--overwrite) to start again"
-    )
-
-
-def _run_state(
-    model: AbstractGenerativeModel,
-    obj: AbstractObjective,
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> dict[str, Any]:
-    """A copy of what applying a checkpoint changes (to undo a checkpoint that does not fit)."""
-
-    return {
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "objective": copy.deepcopy(obj.state_dict()),
-        "optimizers": {g: copy.deepcopy(o.state_dict()) for g, o in optimizers.items()},
-    }
-
-
-def _set_run_state(
-    model: AbstractGenerativeModel,
-    obj: AbstractObjective,
-    optimizers: dict[str, torch.optim.Optimizer],
-    state: dict[str, Any],
-) -> None:
-    model.load_state_dict(state["model"])
-    obj.load_state_dict(state["objective"])
-    for g, o in optimizers.items():
-        o.load_state_dict(state["optimizers"][g])
-
-
-def _field(payload: Any, path: Path, name: str, kinds: type | tuple[type, ...]) -> Any:
-    """``payload[a][b]...`` for ``name = "a.b"``, checked against ``kinds``; a missing field or
-    one of another type is a :class:`~ppgen.checkpoint.CheckpointError` naming the file and
-    the field (a checksum only proves the bytes are those written, not what was written)."""
-    value, walked = payload, []
-    for key in name.split("."):
-        if not isinstance(value, dict):
-            raise ckpt.CheckpointError(
-                f"{path}: invalid checkpoint: field {'.'.join(walked)!r} is a "
-                f"{type(value).__name__}, not dict"
-            )
-        walked.append(key)
-        if key not in value:
-            raise ckpt.CheckpointError(
-                f"{path}: invalid checkpoint: field {'.'.join(walked)!r} is missing"
-            )
-        value = value[key]
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
-        raise ckpt.CheckpointError(
-            f"{path}: invalid checkpoint: field {name!r} is a {type(value).__name__}, not "
-            f"{' or '.join(k.__name__ for k in _tuple(kinds))}"
-        )
-    return value
-
-
-def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kinds if isinstance(kinds, tuple) else (kinds,)
-
-
-@dataclasses.dataclass
-class _SavedRun:
-    """The fields of a training checkpoint that resuming reads, each checked for presence and
-    type before anything is applied to the run."""
-
-    model: dict[str, Any]
-    raw_state_dict: dict[str, Any] | None
-    objective_state: dict[str, Any]
-    optimizers: dict[str, Any]
-    ema_decay: float | None
-    rng_streams: dict[int, dict[str, Any]]
-    step: int
-    history: History
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any], path: Path) -> _SavedRun:
-        model = _field(payload, path, "model", dict)
-        _field(payload, path, "model.family", str)
-        _field(payload, path, "model.config", dict)
-        _field(payload, path, "model.state_dict", dict)
-        raw = _field(payload, path, "raw_state_dict", (dict, type(None)))
-        streams = payload.get("rng_streams")
-        if streams is None and "rng" in payload:  # a checkpoint of an older ppgen: stream 0
-            streams = {0: _field(payload, path, "rng", dict)}
-        streams = _field({"rng_streams": streams} if streams is not None else {}, path,
-                         "rng_streams", dict)
-        for v, state in streams.items():
-            if not isinstance(v, int) or not isinstance(state, dict):
-                raise ckpt.CheckpointError(
-                    f"{path}: invalid checkpoint: field 'rng_streams' holds {v!r}: "
-                    f"{type(state).__name__}, not a stream id and its state"
-                )
-        step = _field(payload, path, "step", int)
-        if step < 0:
-            raise ckpt.CheckpointError(f"{path}: invalid checkpoint: field 'step' is {step}")
-        saved_history = _field(payload, path, "history", dict)
-        try:
-            history = History.from_dict(saved_history)
-        except TypeError as e:
-            raise ckpt.CheckpointError(
-                f"{path}: invalid checkpoint: field 'history' does not fit ({e})"
-            ) from None
-        return cls(
-            model=model,
-            raw_state_dict=raw,
-            objective_state=_field(payload, path, "objective.state_dict", dict),
-            optimizers=_field(payload, path, "optimizers", dict),
-            ema_decay=_field(payload, path, "ema_decay", (float, int, type(None))),
-            rng_streams=streams,
-            step=step,
-            history=history,
-        )
-
-    def apply(
-        self,
-        model: AbstractGenerativeModel,
-        obj: AbstractObjective,
-        optimizers: dict[str, torch.optim.Optimizer],
-        ema_state: _EMA | None,
-        history: History,
-        streams: _Streams,
-        ctx: dist_utils.Context,
-    ) -> int:
-        """Load the saved run into the live one; returns the step. Raises what torch raises
-        (RuntimeError, ValueError, KeyError) when a state does not fit."""
-        model.load_state_dict(self.raw_state_dict or self.model["state_dict"])
-        if ema_state is not None:
-            shadow = self.model["state_dict"]
-            if set(shadow) != set(ema_state.shadow):
-                raise KeyError("the EMA weights name other tensors than the model's")
-            ema_state.shadow = {k: v.to(ctx.device) for k, v in shadow.items()}
-        obj.load_state_dict(self.objective_state)
-        for g, opt in optimizers.items():
-            if g not in self.optimizers:
-                raise KeyError(f"no optimizer state for parameter group {g!r}")
-            opt.load_state_dict(self.optimizers[g])
-        fresh = streams.load(self.rng_streams, self.step)
-        for f in dataclasses.fields(History):
-            setattr(history, f.name, getattr(self.history, f.name))
-        slices = ctx.world_size * len(streams.ids)
-        if ctx.is_main and (fresh or len(self.rng_streams) != slices):
-            print(
-                f"ppgen: the run was trained with {len(self.rng_streams)} batch slices "
-                f"(processes x accumulate), this run has {slices}; training goes on, but the "
-                "random draws differ from an uninterrupted run (keep processes x accumulate "
-                "equal to continue exactly)",
-                file=sys.stderr,
-            )
-        return self.step
-
-
-def _plot_curve(out_dir: Path, history: History) -> None:
-    """Write ``training_curve.png`` atomically (a kill mid-write leaves the previous figure);
-    nothing before the first logged record."""
-    if not history.train and not history.val:
-        return
-    try:
-        import io
-
-        import matplotlib.pyplot as plt
-
-        from ppgen.plots import training_curve
-
-        fig = training_curve(history)
-        buffer = io.BytesIO()
-        try:
-            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        finally:
-            plt.close(fig)
-        ckpt.write_atomic(out_dir / "training_curve.png", buffer.getvalue(), "training curve")
-    except (OSError, ValueError) as e:  # a figure is never worth losing a run over
-        print(f"ppgen: could not write the training curve: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ import torch
 
 import ppgen
 from ppgen.inference import trainer
+from ppgen.inference.run_files import RunDirectory
 
 # Small hyperparameters by shared name (as in tests/models/test_protocol.py).
 SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
@@ -126,7 +127,7 @@ def test_sigint_saves_a_checkpoint_and_raises(digits, tmp_path):
 def test_second_fit_on_same_directory_is_refused(digits, tmp_path):
     train, _ = digits
     m = ppgen.build("independent", train)
-    with trainer._run_lock(tmp_path), pytest.raises(trainer.FitError, match="in use"):
+    with RunDirectory(tmp_path).lock(), pytest.raises(trainer.FitError, match="in use"):
         _fit(m, train, tmp_path, steps=2)
 
 
