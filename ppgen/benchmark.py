@@ -183,6 +183,8 @@ class FamilyResult:
     posterior: list[str]
     quality: dict[str, Any]
     steps: int
+    #: for a classical baseline, the settings its validation split chose (``"K=3, full"``)
+    baseline: str | None = None
 
 
 def _latent_sites(model: AbstractGenerativeModel, x: Tensor) -> list[str]:
@@ -333,6 +335,35 @@ def _measure(
     return result, samples.cpu(), hist
 
 
+def _measure_baselines(
+    train: Dataset, val: Dataset, test: Dataset, seed: int, num_samples: int, num_score: int
+) -> list[tuple[FamilyResult, Tensor]]:
+    """The classical estimators of :mod:`ppgen.baselines` (settings chosen on ``val``), scored
+    on ``test`` by the same ``evaluate`` path as every family and measured the same way."""
+    from ppgen.baselines import classical_baselines
+
+    t0 = time.perf_counter()
+    fitted = classical_baselines(train, val, seed=seed)
+    fit_seconds = (time.perf_counter() - t0) / max(1, len(fitted))
+    rows = []
+    for name, b in fitted.items():
+        ev = evaluate(b.model, test, seed=seed)
+        kl = None if test.entropy is None else ev.nats - test.entropy
+        samples = b.model.sample(num_samples, seed=seed)
+        sample_s = _timed(lambda m=b.model: m.sample(num_samples, seed=seed), repeats=1)
+        reps = math.ceil(num_score / len(test))
+        x_score = test.data.repeat(reps, *([1] * len(test.event_shape)))[:num_score]
+        score_s = _timed(lambda m=b.model, x=x_score: evaluate(m, x, seed=seed, mc_examples=0),
+                         repeats=1)
+        rows.append((FamilyResult(
+            family=name, seed=seed, likelihood=ev.to_dict(), kl_to_data=kl,
+            train_seconds=fit_seconds, sample_seconds_per_1000=sample_s * 1000 / num_samples,
+            score_seconds_per_1000=score_s * 1000 / num_score, latents=[], posterior=[],
+            quality=_quality(samples, test, seed), steps=0, baseline=b.setting,
+        ), samples.cpu()))
+    return rows
+
+
 def _density_figure(
     model: AbstractGenerativeModel,
     name: str,
@@ -365,8 +396,9 @@ def _table(results: list[FamilyResult]) -> str:
         lk = r.likelihood
         kl = "" if r.kl_to_data is None else f"{r.kl_to_data:.3f}"
         q = r.quality
+        family = r.family if r.baseline is None else f"{r.family} (classical: {r.baseline})"
         lines.append(
-            f"| {r.family} | {lk['bits_per_dim']:.3f} ± {lk['bits_per_dim_stderr']:.3f} | "
+            f"| {family} | {lk['bits_per_dim']:.3f} ± {lk['bits_per_dim_stderr']:.3f} | "
             f"{lk['kind']} | {lk['estimator']} | {kl} | {q.get('fd', float('nan')):.3g} | "
             f"{q.get('kid', float('nan')):.3g} | {q.get('precision', float('nan')):.2f} | "
             f"{q.get('recall', float('nan')):.2f} | {r.train_seconds:.1f} | "
@@ -403,6 +435,7 @@ def run(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    baselines: bool = True,
 ) -> list[FamilyResult]:
     """Run the benchmark and write its report; returns the per-family results.
 
@@ -417,6 +450,8 @@ def run(
         seed: the first seed (the preset's seeds are offsets from it).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         progress: show the trainer's progress bars.
+        baselines: add the classical estimators of :mod:`ppgen.baselines` as rows (settings
+            chosen on the validation split, scored on the test split like every family).
 
     Returns:
         One :class:`FamilyResult` per family and seed, in order.
@@ -471,6 +506,12 @@ def run(
             results.append(result)
             samples.setdefault(name, x)
             histories.setdefault(name, hist)
+    if baselines:
+        print("== classical baselines", file=sys.stderr)
+        for result, x in _measure_baselines(train, val, test, seeds[0], config["num_samples"],
+                                            config["num_score"]):
+            results.append(result)
+            samples.setdefault(result.family, x)
     if not results:
         raise ValueError(f"no family could run on {data!r}: {skipped}")
     table = _table(results)
@@ -511,6 +552,11 @@ def run(
         f"{config['num_samples']} samples against the test split; times in seconds per 1000 "
         "samples or test points. posterior: the `ppgen.posterior` methods available over the "
         "latents.",
+        "Rows marked *classical* are the estimators a statistician tries first "
+        "(`ppgen.baselines`: the maximum-likelihood Gaussian, a Gaussian mixture and a kernel "
+        "density estimate on continuous data, a mixture of factorized categoricals on discrete "
+        "data), their settings chosen on the validation split and scored on the test split by "
+        "the same `ppgen.evaluate` path (`--no-baselines` leaves them out).",
     ]
     if skipped:
         report += ["", "Skipped (the family refuses this data):"]

@@ -316,6 +316,7 @@ def cmd_benchmark(args: argparse.Namespace, extra: Sequence[str]) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        baselines=not args.no_baselines,
     )
     return 0
 
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these families (default: the preset's)")
     b.add_argument("--out", default="runs/benchmark",
                    help="report directory (default: runs/benchmark)")
+    b.add_argument("--no-baselines", action="store_true",
+                   help="leave out the classical rows (Gaussian, mixture, kernel density)")
     _common_arguments(b, progress=True)
     b.set_defaults(fn=cmd_benchmark)
     return p

@@ -27,12 +27,14 @@ from ppgen.models.diffusion import DDPM
 from ppgen.models.flows import FFJORD, IAF, MAF, NICE, Glow, RealNVP
 from ppgen.models.gan import GAN
 from ppgen.models.independent import Independent
+from ppgen.models.mixture import Mixture
 from ppgen.models.sequences import DMM, LGSSM, SeqAR
 from ppgen.models.vae import VAE
 
 # One line per family: name -> final class. Keep sorted by family kind, then name.
 _FAMILIES: dict[str, type[AbstractGenerativeModel]] = {
     "independent": Independent,
+    "mixture": Mixture,
     "nade": NADE,
     "made": MADE,
     "pixelcnn": PixelCNN,

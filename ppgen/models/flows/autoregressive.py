@@ -359,7 +359,7 @@ class MAF(AbstractFlow):
     def _layers(self) -> tuple[list[LazyTransform], tuple[int, ...]]:
         cfg = self.config
         d = cfg.num_dims
-        layers = input_layers(cfg.event_shape, "vector", cfg.standardize)
+        layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
         layers += [MaskedAffineAutoregressive(d, 0, cfg.hidden, order, soft_clamp=cfg.soft_clamp)
                    for order in _orders(d, cfg.transforms)]
         return layers, (d,)
@@ -408,7 +408,7 @@ class IAF(AbstractFlow):
     def _layers(self) -> tuple[list[LazyTransform], tuple[int, ...]]:
         cfg = self.config
         d = cfg.num_dims
-        layers = input_layers(cfg.event_shape, "vector", cfg.standardize)
+        layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
         layers += [MaskedAffineAutoregressive(d, 0, cfg.hidden, order, inverted=True,
                                               soft_clamp=cfg.soft_clamp)
                    for order in _orders(d, cfg.transforms)]

@@ -52,6 +52,7 @@ from ppgen.models.flows.layers import (
     Permutation,
     Squeeze,
 )
+from ppgen.models.flows.whiten import Whiten
 from ppgen.models.nets import MLP
 
 Layout = Literal["auto", "vector", "image"]
@@ -362,15 +363,19 @@ def steps_per_scale(transforms: int, scales: int) -> list[int]:
 
 
 def input_layers(
-    event_shape: Sequence[int], layout: str, standardize: bool
+    event_shape: Sequence[int], layout: str, standardize: bool, whiten: bool = False
 ) -> list[LazyTransform]:
-    """Flatten (vector layout on a non-vector event) and the standardizing ActNorm."""
+    """Flatten (vector layout on a non-vector event), the standardizing ActNorm and, for the
+    vector layout when ``whiten``, the :class:`~ppgen.models.flows.whiten.Whiten` layer that
+    makes the flow start as the Gaussian fitted to the first batch."""
     layers: list[LazyTransform] = []
     d = math.prod(event_shape)
     if layout == "vector" and len(event_shape) != 1:
         layers.append(Flatten(event_shape))
     if standardize:
         layers.append(ActNorm((d,) if layout == "vector" else tuple(event_shape)))
+    if whiten and layout == "vector" and d > 1:
+        layers.append(Whiten(d))
     return layers
 
 
@@ -423,7 +428,7 @@ class NICE(AbstractFlow):
     def _layers(self) -> tuple[list[LazyTransform], tuple[int, ...]]:
         cfg = self.config
         d = cfg.num_dims
-        layers = input_layers(cfg.event_shape, "vector", cfg.standardize)
+        layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
         if d > 2:
             layers.append(even_odd(d))
         layers += [AffineCoupling(d, 0, cfg.hidden, i % 2, additive=True)
@@ -482,7 +487,7 @@ class RealNVP(AbstractFlow):
         cfg = self.config
         d = cfg.num_dims
         layout = resolve_layout(cfg.event_shape, cfg.layout, cfg.scales)
-        layers = input_layers(cfg.event_shape, layout, cfg.standardize)
+        layers = input_layers(cfg.event_shape, layout, cfg.standardize, cfg.whitens)
         if layout == "vector":
             norm = "none" if cfg.norm == "auto" else cfg.norm
             if d > 2:

@@ -295,7 +295,7 @@ class FFJORD(AbstractFlow):
     def _layers(self) -> tuple[list[LazyTransform], tuple[int, ...]]:
         cfg = self.config
         d = cfg.num_dims
-        layers = input_layers(cfg.event_shape, "vector", cfg.standardize)
+        layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
         layers += [CNF(d, 0, cfg.hidden, cfg.activation, cfg.trace, cfg.solver, cfg.rtol,
                        cfg.atol, cfg.step_size, cfg.adjoint, cfg.time_length)
                    for _ in range(cfg.transforms)]

@@ -71,7 +71,7 @@ class Glow(AbstractFlow):
         cfg = self.config
         d = cfg.num_dims
         layout = resolve_layout(cfg.event_shape, cfg.layout, cfg.scales + 1)
-        layers = input_layers(cfg.event_shape, layout, cfg.standardize)
+        layers = input_layers(cfg.event_shape, layout, cfg.standardize, cfg.whitens)
         if layout == "vector":
             for i in range(cfg.transforms):
                 layers += [ActNorm((d,)), InvertibleLinear((d,), init="identity"),
