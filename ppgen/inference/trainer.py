@@ -730,6 +730,11 @@ class _Run:
                       f"improvement in {cfg.patience} validations); nothing to train",
                       file=sys.stderr)
         self.model.train()
+        if start == 0 and valid is not None and steps > 0 and not history.val:
+            # the initial weights are a candidate too: a family whose data-dependent start is
+            # already a good density (a flow that starts as the data's Gaussian) and that then
+            # overfits a small table keeps its start (issue 22)
+            self._validate(valid, 0)
         while step < steps and not history.stopped_early:
             idx = batch_indices(len(x_train), cfg.batch_size, cfg.seed, step)
             idx = dist_utils.shard(idx, ctx)
