@@ -438,11 +438,42 @@ def _run_lock(out: Path) -> Iterator[None]:
         f.close()
 
 
+def _check_incomplete(model: AbstractGenerativeModel, mask: Tensor, what: str) -> None:
+    """Refuse incomplete data for a family that cannot train on it, naming those that can."""
+    if model.incomplete_data_objective is not None:
+        return
+    from ppgen.models import get, names  # the registry: which families declare the capability
+
+    able = [n for n in names() if get(n).incomplete_data_objective is not None]
+    missing = 1.0 - float(mask.float().mean())
+    raise DataError(
+        f"{type(model).__name__} cannot train on incomplete data ({what} has {missing:.1%} of "
+        f"its cells missing); families that can: {', '.join(able)}; or fill the holes first "
+        "(ppgen.impute), or drop the incomplete rows"
+    )
+
+
+def _fill_missing(x: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """``x`` with each missing cell set to its column's mean over the observed cells (rounded
+    for discrete data): what ``initialize`` and any statistic of the batch see. The objective
+    itself reads the observed cells only (it gets the mask)."""
+    observed = mask.to(x.dtype)
+    mean = x.where(mask, 0.0).sum(0) / observed.sum(0).clamp_min(1)
+    if kind != "continuous":
+        mean = mean.round()
+    return x.where(mask, mean.expand_as(x))
+
+
 def _as_tensors(
     data: Dataset | Tensor, model: AbstractGenerativeModel, what: str, arg: str = "data"
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     x, labels = as_batch(data, what=f"ppgen.fit's {arg}= ({what})")
+    mask = data.mask if isinstance(data, Dataset) else None
     cfg = model.config
+    if mask is not None:
+        _check_incomplete(model, mask, what)
+        check_batch(x.where(mask, 0.0), cfg.event_shape, cfg.kind, cfg.levels, what=what)
+        x = _fill_missing(x, mask, cfg.kind)
     check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
     if x.is_floating_point() and not torch.isfinite(x.to(_dtype(model))).all():
         raise DataError(
@@ -454,7 +485,7 @@ def _as_tensors(
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
     if model.conditional:
         model.check_context(labels, x.shape[0])  # one label per example, in range: before work
-    return x, (labels if model.conditional else None)
+    return x, (labels if model.conditional else None), mask
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -474,7 +505,11 @@ def fit(
 
     Arguments:
         model: any ppgen model.
-        data: the training :class:`~ppgen.datasets.Dataset` (or a tensor).
+        data: the training :class:`~ppgen.datasets.Dataset` (or a tensor). Incomplete data
+            (a Dataset with a ``mask``, ``from_array(x, missing="mask")``) trains families
+            that declare an ``incomplete_data_objective`` (the VAE: ``"miwae"``, the default
+            objective for such data), each batch's mask reaching the objective; any other
+            family, or an objective without ``accepts_mask``, is refused before any work.
         config: the training settings, a :class:`~ppgen.inference.train_config.TrainConfig`
             (default: its defaults). Every field is described there; the main ones:
             ``steps``, ``batch_size``, ``lr`` (None: the family's ``fit_defaults``, else
@@ -513,7 +548,6 @@ def fit(
     cfg = cfg.with_family_defaults(model.fit_defaults()).validate()
     steps, batch_size, lr, seed, device = cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.device
     resume, overwrite, progress = cfg.resume, cfg.overwrite, cfg.progress
-    objective = cfg.objective or model.default_objective
     objective_options, ema, clip_grad = cfg.objective_options, cfg.ema, cfg.clip_grad
     weight_decay, eval_every, patience = cfg.weight_decay, cfg.eval_every, cfg.patience
     checkpoint_every, log_every = cfg.checkpoint_every, cfg.log_every
@@ -531,9 +565,13 @@ def fit(
             json.dumps(run_info)
         except (TypeError, ValueError) as e:
             raise FitError(f"run_info must be plain JSON data: {e}") from None
-    x_train, c_train = _as_tensors(data, model, "training data")
-    x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data",
-                                                                  "val")
+    x_train, c_train, m_train = _as_tensors(data, model, "training data")
+    x_val, c_val, m_val = (None, None, None) if val is None else _as_tensors(
+        val, model, "validation data", "val")
+    incomplete = m_train is not None or m_val is not None
+    # incomplete data: the family's declared objective for it (checked by _as_tensors)
+    objective = cfg.objective or (
+        model.incomplete_data_objective if incomplete else None) or model.default_objective
     out_dir = Path(out) if out is not None else None
     has_checkpoint = False
     if out_dir is not None:
@@ -558,6 +596,12 @@ def fit(
     seed_everything(seed)
     model.to(device)
     obj = make_objective(objective, model, **objective_options).to(device)
+    if incomplete and not obj.accepts_mask:
+        raise FitError(
+            f"the {objective!r} objective cannot fit incomplete data (the data has a mask of "
+            f"missing cells); use objective={model.incomplete_data_objective!r} (the default "
+            "for such data)"
+        )
     groups = obj.param_groups(model)
     optimizers = {
         g: torch.optim.Adam(params, weight_decay=weight_decay, **obj.optimizer_options(g, lr))
@@ -629,6 +673,7 @@ def fit(
             idx = dist_utils.shard(idx, ctx)
             xb = x_train[idx].to(device=device, dtype=_dtype(model), non_blocking=True)
             cb = None if c_train is None else c_train[idx].to(device)
+            mb = None if m_train is None else m_train[idx].to(device)
             micro = len(xb) // accumulate
             losses: dict[str, float] = {}
             skipped = False
@@ -653,7 +698,8 @@ def fit(
                     sync = j == accumulate - 1
                     with streams.use(j), dist_utils.maybe_no_sync(model_ddp, sync):
                         with autocast():
-                            loss = model_ddp(xb[part], cj, group, step)
+                            loss = model_ddp(xb[part], cj, group, step,
+                                             None if mb is None else mb[part])
                         (loss / accumulate).backward()
                     total += loss.detach().double()
                 if accumulate > 1:
@@ -698,6 +744,7 @@ def fit(
                     obj,
                     x_val,
                     c_val,
+                    m_val,
                     ema_state,
                     history,
                     step,
@@ -885,6 +932,7 @@ def _validate(
     obj: AbstractObjective,
     x_val: Tensor,
     c_val: Tensor | None,
+    m_val: Tensor | None,
     ema_state: _EMA | None,
     history: History,
     step: int,
@@ -913,7 +961,10 @@ def _validate(
             part = idx[start : start + max(batch_size, 256)]
             xb = x_val[part].to(device=device, dtype=dtype)
             cb = None if c_val is None else c_val[part].to(device)
-            value = obj.validation_loss(model, xb, cb)
+            if m_val is None:
+                value = obj.validation_loss(model, xb, cb)
+            else:
+                value = obj.validation_loss(model, xb, cb, mask=m_val[part].to(device))
             if value is None:
                 model.train()
                 return False

@@ -285,6 +285,7 @@ class VAE(AbstractGenerativeModel):
     likelihood: ClassVar = "bound"
     Config: ClassVar = VAEConfig
     default_objective: ClassVar = "elbo"
+    incomplete_data_objective: ClassVar = "miwae"
 
     def __init__(self, config: VAEConfig | None = None, **fields: object) -> None:
         super().__init__(config, **fields)
@@ -416,8 +417,12 @@ class VAE(AbstractGenerativeModel):
         loc, scale, _ = self._encode(x, context)
         return loc, scale
 
-    def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _encode(
+        self, x: Tensor, context: Tensor | None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         inp = (x - self.x_shift) / self.x_scale
+        if mask is not None:  # MIWAE's encoder input: missing cells zero-filled (standardized)
+            inp = inp.where(mask, 0.0)
         c = self._one_hot(context)
         if self.config.net == "conv":
             out = self.encoder(inp, c)
@@ -428,10 +433,14 @@ class VAE(AbstractGenerativeModel):
         loc, raw, h = out[..., :latent], out[..., latent : 2 * latent], out[..., 2 * latent :]
         return loc, F.softplus(raw) + 1e-4, (h if h.shape[-1] else None)
 
-    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+    def posterior(
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None
+    ) -> dist.TorchDistribution:
         """q(z | x), batch shape ``(N,)``, event shape ``(latent,)``: the diagonal Gaussian, or
-        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x)."""
-        loc, scale, h = self._encode(x, context)
+        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x).
+        With ``mask`` (True = observed) the encoder sees the missing cells as zeros in its
+        standardized input, q(z | x_obs) of MIWAE (Mattei & Frellsen 2019)."""
+        loc, scale, h = self._encode(x, context, mask)
         base = dist.Normal(loc, scale, validate_args=False).to_event(1)
         if self.config.posterior == "gaussian":
             return base
@@ -521,6 +530,37 @@ class VAE(AbstractGenerativeModel):
     def elbo(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         log_lik, kl = self.elbo_parts(x, context)
         return log_lik - kl.sum(-1)
+
+    # ---- incomplete data (MIWAE) ------------------------------------------------------------
+
+    def observed_log_weights(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        num_particles: int = 1,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        r"""MIWAE's importance log-weights ``(K, N)`` (Mattei & Frellsen 2019,
+        arXiv:1812.02633, eq. 4): :math:`z_k \sim q(z \mid x_{obs})` (the encoder on the
+        zero-filled input), :math:`\log w_k = \sum_{d\ obs} \log p(x_d \mid z_k)
+        + \log p(z_k) - \log q(z_k \mid x_{obs})`; the decoder factorizes over cells, so
+        the likelihood of the observed cells is the sum of theirs. The values of ``x`` in
+        missing cells are never read (they may be NaN)."""
+        if self.decoder_kind == "made":
+            raise ValueError(
+                "VAE with decoder='made' cannot score incomplete data: its decoder conditions "
+                "each cell on the previous ones, missing ones included; use another decoder"
+            )
+        if mask is None:
+            mask = torch.ones_like(x, dtype=torch.bool)
+        x = x.where(mask, self.x_shift.to(x.dtype))  # a valid value in the cells not read
+        q = self.posterior(x, context, mask)
+        z = q.rsample(torch.Size([num_particles]))  # (K, N, latent)
+        log_q, log_prior = q.log_prob(z), self.prior().log_prob(z)
+        px = self.decode(z, context)
+        base = px.base_dist if isinstance(px, dist.Independent) else px
+        log_lik = base.log_prob(x).where(mask, 0.0).flatten(2).sum(-1)  # (K, N)
+        return log_lik + log_prior - log_q
 
     # ---- sampling and hooks -------------------------------------------------------------
 
