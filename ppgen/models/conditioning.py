@@ -66,6 +66,11 @@ class ExactConditional(abc.ABC):
     def log_prob_conditional(self, x: Tensor, observed: Tensor) -> Tensor:
         r""":math:`\log p(x_m \mid x_o)` in nats, shape ``(N,)``, exact."""
 
+    def exact_conditional_note(self, observed: Tensor) -> str | None:
+        """Which model's conditional the exact path computes, when that needs saying (e.g. a
+        sub-mixture of an ensemble); None when it is simply the model's."""
+        return None
+
 
 class DifferentiableDensity(abc.ABC):
     """A model whose exact joint density is a differentiable function of a continuous point."""

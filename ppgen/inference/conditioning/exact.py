@@ -51,7 +51,11 @@ def exact_ancestral(
     assert isinstance(model, ExactConditional)
     with torch.no_grad():
         samples = model.sample_conditional(x, observed, num_samples, generator)
-    return MethodResult(samples, {"missing_dims": int((~observed).sum())})
+    note = model.exact_conditional_note(observed)
+    diagnostics: dict[str, Any] = {"missing_dims": int((~observed).sum())}
+    if note:
+        diagnostics["notes"] = [note]
+    return MethodResult(samples, diagnostics)
 
 
 def _gibbs_supports(model: AbstractGenerativeModel, observed: Tensor) -> str | None:
