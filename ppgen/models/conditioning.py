@@ -48,7 +48,8 @@ class ExactConditional(abc.ABC):
 
     @abc.abstractmethod
     def sample_conditional(
-        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator
+        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Draw ``num_samples`` completions of each row of ``x`` from :math:`p(x_m \\mid x_o)`.
 
@@ -57,13 +58,16 @@ class ExactConditional(abc.ABC):
             observed: bool ``event_shape``; :meth:`exact_conditional_reason` returned None.
             num_samples: S.
             generator: the source of every random number.
+            context: labels ``(N,)`` of a class-conditional model, else None.
 
         Returns:
             ``(S, N, *event_shape)``, equal to ``x`` on the observed entries.
         """
 
     @abc.abstractmethod
-    def log_prob_conditional(self, x: Tensor, observed: Tensor) -> Tensor:
+    def log_prob_conditional(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
         r""":math:`\log p(x_m \mid x_o)` in nats, shape ``(N,)``, exact."""
 
     def exact_conditional_note(self, observed: Tensor) -> str | None:

@@ -325,7 +325,9 @@ def resolve_method(
         if why is None:
             return imputer
         reasons.append(f"{cand}: {why}")
-    raise ValueError(f"no conditioning method of {name} applies to this mask: {'; '.join(reasons)}")
+    raise ValueError(
+        f"no conditioning method of {name} applies to this mask: {'; '.join(reasons)}"
+    )
 
 
 # ---- the entry point ----------------------------------------------------------------------

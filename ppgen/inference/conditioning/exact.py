@@ -46,11 +46,9 @@ def exact_ancestral(
     """Independent draws from the model's exact conditional (see the module docstring)."""
     if options:
         raise ValueError(f"method 'exact-ancestral' takes no options, got {sorted(options)}")
-    if context is not None:
-        raise ValueError("method 'exact-ancestral' is for unconditional models: context=None")
     assert isinstance(model, ExactConditional)
     with torch.no_grad():
-        samples = model.sample_conditional(x, observed, num_samples, generator)
+        samples = model.sample_conditional(x, observed, num_samples, generator, context)
     note = model.exact_conditional_note(observed)
     diagnostics: dict[str, Any] = {"missing_dims": int((~observed).sum())}
     if note:

@@ -157,15 +157,20 @@ def nuts(
         torch.manual_seed(seed + c)
         kernel = NUTS(program, target_accept_prob=float(target_accept),
                       max_tree_depth=max_tree_depth, init_strategy=init_to_value(values=init),
-                      jit_compile=False)
+                      jit_compile=False, max_plate_nesting=1)
+        seen: dict[str, Any] = {}
+
+        def record(kern: Any, params: Any, stage: str, i: int, seen: dict = seen) -> None:
+            if stage == "Sample":  # this chain's post-warm-up acceptance and divergences
+                seen.update(kern.diagnostics())
+
         mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup_steps, num_chains=1,
-                    disable_progbar=True)
+                    disable_progbar=True, hook_fn=record)
         with torch.enable_grad():
             mcmc.run()
         chains.append(mcmc.get_samples()["x_missing"].detach())  # (T, n, m)
-        diag = mcmc.diagnostics()
-        accept.append(float(diag.get("acceptance rate", {}).get("chain 0", math.nan)))
-        divergent += len(diag.get("divergences", {}).get("chain 0", []))
+        accept.append(float(seen.get("acceptance rate", math.nan)))
+        divergent += len(seen.get("divergences", []))
         steps.append(float(kernel.step_size))
     v_chains = torch.stack(chains)  # (C, T, n, m)
     values = torch.floor(v_chains).clamp(0, levels - 1) if discrete else v_chains

@@ -377,7 +377,9 @@ class MADE(AbstractGenerativeModel, ExactConditional):
         stacked = torch.stack(per_dim)  # (K, N, D)
         return stacked.sum(-1), stacked[..., obs].sum(-1)
 
-    def log_prob_conditional(self, x: Tensor, observed: Tensor) -> Tensor:
+    def log_prob_conditional(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
         r""":math:`\log p(x_m \mid x_o)` in nats, ``(N,)``: with the mixture over the masks
         that put the observed dimensions first,
         :math:`\log \sum_k p_k(x) - \log \sum_k p_k(x_o)`."""
@@ -392,7 +394,8 @@ class MADE(AbstractGenerativeModel, ExactConditional):
 
     @torch.no_grad()
     def sample_conditional(
-        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator
+        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Exact draws of the missing dimensions: a mask ``k`` drawn with probability
         proportional to ``p_k(x_o)`` (the mixture's posterior over components), then the
