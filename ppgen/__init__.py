@@ -20,18 +20,21 @@ __all__ = [
     "evaluate",
     "fit",
     "from_pyro",
+    "impute",
     "inference",
     "load",
     "load_run",
+    "masks",
     "metrics",
     "models",
     "posterior",
     "save",
 ]
 
-from ppgen import checkpoint, datasets, inference, models
+from ppgen import checkpoint, datasets, inference, masks, models
 from ppgen.checkpoint import load, save
 from ppgen.inference import analysis, metrics
+from ppgen.inference.conditioning import impute
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.posterior import posterior
 from ppgen.inference.trainer import fit

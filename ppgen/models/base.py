@@ -404,6 +404,8 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             the choice by capability (``exact`` -> ``"exact"``, ``bound`` -> ``"iwae"``,
             ``none`` -> ``"ais"``). Diffusion, whose closed-form bound is tighter and cheaper
             than IWAE over a T-step chain, declares ``"elbo"``.
+        conditioning_methods: the names of the imputation methods of ``ppgen.impute`` that
+            apply to this family, most preferred first (``ppgen.models.conditioning``).
 
     Instance attributes:
         config: the frozen config the model was built from.
@@ -432,6 +434,9 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     #: and ``ppgen.fit`` refuses such data for it before any work. A family that names one
     #: implements :meth:`observed_log_weights`.
     incomplete_data_objective: ClassVar[str | None] = None
+    #: Imputation methods (``ppgen.impute``) that apply to this family, most preferred first;
+    #: see :mod:`ppgen.models.conditioning`. Empty: the family cannot be conditioned.
+    conditioning_methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
