@@ -23,10 +23,17 @@ mask of ``event_shape`` for a whole batch: the shared layer groups rows by mask.
 
 from __future__ import annotations
 
-__all__ = ["DifferentiableDensity", "ExactConditional"]
+__all__ = [
+    "AmortizedProposal",
+    "DifferentiableDensity",
+    "ExactConditional",
+    "LatentObservationModel",
+    "ReverseDiffusion",
+]
 
 import abc
 
+import pyro.distributions as dist
 import torch
 from torch import Tensor
 
@@ -89,3 +96,90 @@ class DifferentiableDensity(abc.ABC):
         over the unit cell :math:`x + [0, 1)^D` is the model's probability of the discrete
         point :math:`x`; ``floor(v)`` maps a draw back to the levels.
         """
+
+
+# ---- latent-variable and diffusion families (VAE, GAN, DDPM) --------------------------------
+
+
+class LatentObservationModel(abc.ABC):
+    r"""A model :math:`z \sim p(z)`, :math:`x \mid z \sim p(x \mid z)` whose likelihood
+    factorizes over the cells of x, so :math:`p(x_o \mid z)` (the observed cells only) is
+    tractable and differentiable in z: the posterior :math:`p(z \mid x_o)` can be sampled
+    (``"latent-nuts"``, ``"importance-resampling"``) and the missing cells drawn from
+    :math:`p(x_m \mid z)`, which is :math:`p(x_m \mid x_o)` after integrating z out.
+
+    The VAE implements it with its decoder; the GAN with the Gaussian observation model
+    :math:`\mathcal N(G(z), s^2 I)` of Wu et al. (2017) on the observed cells, so its answer
+    is that of the Gaussian-observation model, not of the implicit Delta model.
+    """
+
+    @abc.abstractmethod
+    def latent_prior(self) -> dist.TorchDistribution:
+        """p(z), event shape ``(latent,)``, batch shape ``()``."""
+
+    @abc.abstractmethod
+    def observed_log_likelihood(
+        self, z: Tensor, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        r""":math:`\log p(x_o \mid z)` in nats, shape ``z.shape[:-1]``, differentiable in z.
+
+        Shapes:
+            ``z``: ``(..., N, latent)``; ``x``: ``(N, *event_shape)`` (missing cells are never
+            read); ``observed``: bool, broadcasting to ``x``.
+        """
+
+    @abc.abstractmethod
+    def sample_given_latent(
+        self, z: Tensor, generator: torch.Generator | None, context: Tensor | None = None
+    ) -> Tensor:
+        """A draw of x from p(x | z) in data units, ``(..., N, *event_shape)``."""
+
+    def latent_conditioning_reason(self) -> str | None:
+        """None when :meth:`observed_log_likelihood` applies to this model; else a one-line
+        reason (e.g. a decoder whose cells are not conditionally independent given z)."""
+        return None
+
+
+class AmortizedProposal(abc.ABC):
+    r"""A :class:`LatentObservationModel` with an encoder that reads the observed cells only:
+    :math:`q(z \mid x_o)`, the proposal of importance resampling (MIWAE, Mattei & Frellsen
+    2019)."""
+
+    @abc.abstractmethod
+    def latent_proposal(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> dist.TorchDistribution:
+        """q(z | x_o), batch shape ``(N,)``, event shape ``(latent,)``, reparameterized
+        (``rsample``) and scoring its own draws (``log_prob``)."""
+
+
+class ReverseDiffusion(abc.ABC):
+    r"""A diffusion model's chain, opened up for RePaint (Lugmayr et al. 2022): the data in the
+    chain's space, the forward process :math:`q(y_t \mid y_s)` and one reverse step
+    :math:`p_\theta(y_{t-1} \mid y_t)`."""
+
+    @property
+    @abc.abstractmethod
+    def diffusion_timesteps(self) -> int:
+        """T, the number of steps of the chain."""
+
+    @abc.abstractmethod
+    def to_chain(self, x: Tensor) -> Tensor:
+        """Data units -> the chain's space :math:`y_0`."""
+
+    @abc.abstractmethod
+    def from_chain(self, y: Tensor) -> Tensor:
+        """The chain's space -> data units (quantized to the levels for discrete data)."""
+
+    @abc.abstractmethod
+    def forward_noise(
+        self, y: Tensor, s: int, t: int, generator: torch.Generator | None
+    ) -> Tensor:
+        r"""A draw of :math:`y_t \sim q(y_t \mid y_s)` for ``0 <= s < t <= T``:
+        :math:`\sqrt{\bar\alpha_t / \bar\alpha_s}\, y_s + \sqrt{1 - \bar\alpha_t /
+        \bar\alpha_s}\, \epsilon`."""
+
+    @abc.abstractmethod
+    def reverse_step(self, y: Tensor, t: int, generator: torch.Generator | None) -> Tensor:
+        r"""A draw of :math:`y_{t-1} \sim p_\theta(y_{t-1} \mid y_t)`, ``1 <= t <= T`` (at
+        t = 1 the model's last step to the data, still in the chain's space)."""

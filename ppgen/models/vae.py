@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.conditioning import AmortizedProposal, LatentObservationModel
 from ppgen.models.nets import MLP
 
 Decoder = Literal[
@@ -260,7 +261,7 @@ class _ConvDecoder(nn.Module):
         return out.reshape(*lead, *out.shape[1:])
 
 
-class VAE(AbstractGenerativeModel):
+class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
     r"""A variational autoencoder: Pyro ``model`` (prior, decoder) and ``guide`` (encoder).
 
     Likelihood: a **bound**. ``ppgen.evaluate`` reports IWAE-k (default k = 1000), a lower bound
@@ -286,6 +287,7 @@ class VAE(AbstractGenerativeModel):
     Config: ClassVar = VAEConfig
     default_objective: ClassVar = "elbo"
     incomplete_data_objective: ClassVar = "miwae"
+    conditioning_methods: ClassVar = ("importance-resampling", "latent-nuts")
 
     def __init__(self, config: VAEConfig | None = None, **fields: object) -> None:
         super().__init__(config, **fields)
@@ -546,21 +548,47 @@ class VAE(AbstractGenerativeModel):
         + \log p(z_k) - \log q(z_k \mid x_{obs})`; the decoder factorizes over cells, so
         the likelihood of the observed cells is the sum of theirs. The values of ``x`` in
         missing cells are never read (they may be NaN)."""
-        if self.decoder_kind == "made":
-            raise ValueError(
-                "VAE with decoder='made' cannot score incomplete data: its decoder conditions "
-                "each cell on the previous ones, missing ones included; use another decoder"
-            )
+        reason = self.latent_conditioning_reason()
+        if reason is not None:
+            raise ValueError(f"{reason}; it cannot score incomplete data")
         if mask is None:
             mask = torch.ones_like(x, dtype=torch.bool)
-        x = x.where(mask, self.x_shift.to(x.dtype))  # a valid value in the cells not read
-        q = self.posterior(x, context, mask)
+        q = self.latent_proposal(x, mask, context)
         z = q.rsample(torch.Size([num_particles]))  # (K, N, latent)
         log_q, log_prior = q.log_prob(z), self.prior().log_prob(z)
+        return self.observed_log_likelihood(z, x, mask, context) + log_prior - log_q
+
+    # the conditioning interfaces (ppgen.models.conditioning): ppgen.impute's latent methods
+
+    def latent_conditioning_reason(self) -> str | None:
+        if self.decoder_kind == "made":
+            return ("VAE with decoder='made' has no likelihood of the observed cells alone (its "
+                    "decoder conditions each cell on the previous ones, missing ones included)")
+        return None
+
+    def latent_prior(self) -> dist.TorchDistribution:
+        return self.prior()
+
+    def latent_proposal(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> dist.TorchDistribution:
+        observed = observed.expand_as(x)
+        return self.posterior(x.where(observed, self.x_shift.to(x.dtype)), context, observed)
+
+    def observed_log_likelihood(
+        self, z: Tensor, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        observed = observed.expand_as(x)
+        x = x.where(observed, self.x_shift.to(x.dtype))  # a valid value in the cells not read
         px = self.decode(z, context)
         base = px.base_dist if isinstance(px, dist.Independent) else px
-        log_lik = base.log_prob(x).where(mask, 0.0).flatten(2).sum(-1)  # (K, N)
-        return log_lik + log_prior - log_q
+        lp = base.log_prob(x).where(observed, 0.0)  # (..., N, *event)
+        return lp.flatten(lp.dim() - len(self.event_shape)).sum(-1)
+
+    def sample_given_latent(
+        self, z: Tensor, generator: torch.Generator | None, context: Tensor | None = None
+    ) -> Tensor:
+        return self._draw(self.decode(z, context), generator)
 
     # ---- sampling and hooks -------------------------------------------------------------
 

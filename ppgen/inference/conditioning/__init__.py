@@ -8,6 +8,10 @@ is a module that registers itself with :func:`register_imputer` when imported he
   exact conditional) and ``"gibbs"`` (Gibbs over discrete levels with the exact joint);
 - :mod:`~ppgen.inference.conditioning.mcmc`: ``"nuts"`` over the missing coordinates of a
   model with a differentiable exact density (flows, FFJORD);
+- :mod:`~ppgen.inference.conditioning.latent`: ``"importance-resampling"`` (encoder
+  proposals, MIWAE-style) and ``"latent-nuts"`` (NUTS over z given the observed cells, then
+  decode) for latent-variable models (VAE, GAN);
+- :mod:`~ppgen.inference.conditioning.repaint`: ``"repaint"`` (RePaint) for diffusion models;
 - :mod:`~ppgen.inference.conditioning.density`: ``conditional_log_prob``, the conditional
   log-density of the missing part (``ppgen.evaluate(..., mask=)``).
 
@@ -34,4 +38,5 @@ from ppgen.inference.conditioning.api import (
     register_imputer,
 )
 from ppgen.inference.conditioning import exact, mcmc  # noqa: F401 - register their methods
+from ppgen.inference.conditioning import latent, repaint  # noqa: F401 - register theirs
 # isort: on
