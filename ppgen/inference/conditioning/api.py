@@ -210,7 +210,8 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def prepare(
-    model: AbstractGenerativeModel, x: Any, mask: Any, context: Any = None, seed: int = 0
+    model: AbstractGenerativeModel, x: Any, mask: Any, context: Any = None, seed: int = 0,
+    complete: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Validate a conditioning request before any work; shared by :func:`impute` and the
     conditional ``evaluate``.
@@ -222,6 +223,8 @@ def prepare(
             broadcasting to ``(N, *event_shape)``, True = observed.
         context: labels of a class-conditional model (a Dataset's labels by default).
         seed: seeds a ``random:P`` mask.
+        complete: the missing cells hold the true values and are kept (a conditional density
+            scores them); they must then be valid data too.
 
     Returns:
         ``(x, mask, context)``: ``x`` on the model's device and dtype with missing cells set to
@@ -265,7 +268,9 @@ def prepare(
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else x.device
-    filled = torch.where(observed, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
+    filled = xf if complete else torch.where(
+        observed, xf, torch.zeros((), dtype=xf.dtype, device=xf.device)
+    )
     filled = filled.to(device=device, dtype=dtype)
     context = model.check_inputs(filled, context)
     return filled, observed.to(device), context
