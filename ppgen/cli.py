@@ -200,8 +200,10 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     data = load_data(name, args.split)
     ctx = distributed.init(resolve_device(args.device))  # under torchrun: sharded, gathered
     model.to(ctx.device)
+    masked = {} if args.mask is None else {"mask": _mask_argument(args.mask, model)}
     ev = evaluate(
-        model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed
+        model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed,
+        **masked,
     )
     if not ctx.is_main:
         return 0
@@ -218,6 +220,74 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(metrics.format_table(table))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _mask_argument(text: str, model: AbstractGenerativeModel) -> Any:
+    """``--mask``: a mask name (``bottom-half``, ``random:0.5``...) or a ``.npy`` file of bools
+    (read as plain data, never unpickled)."""
+    if text.endswith(".npy"):
+        import numpy as np
+
+        from ppgen.masks import check_mask
+
+        try:
+            array = np.load(text, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--mask {text}: cannot read a bool array from it ({e})") from None
+        return check_mask(torch.from_numpy(array) if array.dtype == np.bool_ else array,
+                          model.event_shape)
+    return text
+
+
+def cmd_impute(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import numpy as np
+
+    from ppgen.inference.conditioning import impute
+    from ppgen.inference.trainer import resolve_device
+
+    if args.n < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n}")
+    out = Path(args.output)
+    if out.suffix not in (".npz", ".csv"):
+        raise ValueError(f"-o {out}: write .npz (samples, mask, data) or .csv (completed table)")
+    model, run_config = _load_run(args.run, args.trust_code)
+    name = args.data or run_config.get("data")
+    if name is None:
+        raise ValueError("pass --data (the run directory does not record its dataset)")
+    data = load_data(name, args.split)
+    if out.suffix == ".csv" and len(model.event_shape) != 1:
+        raise ValueError(f"-o {out}: a .csv holds flat rows; images go to .npz")
+    x = data.data if args.limit is None else data.data[: args.limit]
+    context = None
+    if model.conditional:
+        context = data.labels if args.limit is None else data.labels[: args.limit]
+    model.to(resolve_device(args.device)).eval()
+    mask = _mask_argument(args.mask, model)
+    imp = impute(model, x, mask, num_samples=args.n, seed=args.seed, method=args.method,
+                 context=context)
+    samples = imp.samples.detach().cpu()
+    if out.suffix == ".npz":
+        np.savez(out, samples=samples.numpy(), mask=imp.mask.cpu().numpy(),
+                 data=x.detach().cpu().numpy(), method=np.array(imp.method))
+    else:
+        if model.config.kind == "continuous":
+            completed = samples.double().mean(0)
+        else:  # the most frequent level of each cell over the completions
+            completed = samples.long().mode(0).values.double()
+        np.savetxt(out, completed.numpy(), delimiter=",", fmt="%.6g")
+    if args.png:
+        from ppgen.plots import inpainting_grid
+
+        rows = min(x.shape[0], 16)
+        inpainting_grid(x[:rows], imp.mask[:rows], samples[:, :rows], args.png,
+                        levels=model.config.levels, title=f"{name}: {imp.method}")
+    print(f"{name}/{args.split}: {x.shape[0]} examples x {args.n} completions by {imp.method} "
+          f"({'exact' if imp.exact else 'approximate'} draws) -> {out}")
+    for note in imp.notes:
+        print(f"  note: {note}")
+    if imp.diagnostics:
+        print(f"  diagnostics: {json.dumps(imp.diagnostics, default=float)}")
     return 0
 
 
@@ -410,10 +480,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="samples per example of a stochastic estimator (default: the estimator's)",
     )
+    e.add_argument("--mask", default=None,
+                   help="score the missing part given the rest: a mask name (bottom-half, "
+                   "top-half, left-half, right-half, center, random:P) or a .npy of bools "
+                   "(True = observed); bits per missing dim")
     e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
     e.add_argument("--json", default=None, help="also write the results as JSON here")
     _common_arguments(e)
     e.set_defaults(fn=cmd_evaluate)
+
+    m = sub.add_parser("impute", help="complete the missing part of data with a trained run")
+    _run_arguments(m)
+    m.add_argument("--mask", required=True,
+                   help="bottom-half, top-half, left-half, right-half, center, random:P, or a "
+                   ".npy of bools (True = observed)")
+    m.add_argument("-n", type=int, default=8, help="completions per example (default: 8)")
+    m.add_argument("-o", "--output", default="imputed.npz",
+                   help=".npz (samples, mask, data) or .csv (the completed table)")
+    m.add_argument("--png", default=None, help="also draw observed | completions | truth here")
+    m.add_argument("--method", default="auto", help="imputation method (default: auto)")
+    m.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    _common_arguments(m)
+    m.set_defaults(fn=cmd_impute)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run directory or checkpoint file")
