@@ -150,10 +150,17 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         settings = train_config.from_arguments(args, objective_options=overrides["objective"])
         history = fit(model, train, settings, val=val, out=out, run_info=run_info)
         progress.update(step=history.steps, checkpoint=out / "checkpoint.pt")
-        ev = evaluate(model, val if val is not None else train, seed=args.seed)
+        scored = val if val is not None else train
+        if scored.mask is None:
+            summary = str(evaluate(model, scored, seed=args.seed))
+        else:  # incomplete data: nothing scores the missing cells; the objective's own number
+            summary = (f"{scored.missing_fraction:.1%} of cells missing; the objective's "
+                       f"last validation loss is {history.val[-1]['val_loss']:.4f} nats per "
+                       "example" if history.val else
+                       f"{scored.missing_fraction:.1%} of cells missing (no validation)")
     print(
         f"fit {args.model} on {args.data} in {history.elapsed:.1f}s: {history.summary()}; "
-        f"{'val' if val is not None else 'train'}: {ev}"
+        f"{'val' if val is not None else 'train'}: {summary}"
     )
     print(f"run directory: {out}")
     return 0
@@ -255,7 +262,16 @@ def cmd_impute(args: argparse.Namespace, extra: Sequence[str]) -> int:
     name = args.data or run_config.get("data")
     if name is None:
         raise ValueError("pass --data (the run directory does not record its dataset)")
-    data = load_data(name, args.split)
+    own_holes = args.mask is None  # the data's own missing cells (FILE#missing=mask)
+    split = args.split or ("all" if own_holes else "test")
+    if own_holes and str(name) in datasets.names():
+        raise ValueError(f"{name} has no missing cells: pass --mask (e.g. bottom-half)")
+    data = load_data(name, split)
+    if own_holes and data.mask is None:
+        raise ValueError(
+            f"{name} ({split}) has no missing cells: pass --mask, or load a table with holes "
+            "as FILE#missing=mask"
+        )
     if out.suffix == ".csv" and len(model.event_shape) != 1:
         raise ValueError(f"-o {out}: a .csv holds flat rows; images go to .npz")
     x = data.data if args.limit is None else data.data[: args.limit]
@@ -263,7 +279,17 @@ def cmd_impute(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if model.conditional:
         context = data.labels if args.limit is None else data.labels[: args.limit]
     model.to(resolve_device(args.device)).eval()
-    mask = _mask_argument(args.mask, model)
+    if own_holes:
+        assert data.mask is not None
+        mask: Any = data.mask if args.limit is None else data.mask[: args.limit]
+    else:
+        mask = _mask_argument(args.mask, model)
+        if data.mask is not None:  # cells missing from the data stay missing
+            from ppgen.masks import named
+
+            given = named(mask, model.event_shape, seed=args.seed) if isinstance(mask, str) \
+                else mask
+            mask = given & (data.mask if args.limit is None else data.mask[: args.limit])
     imp = impute(model, x, mask, num_samples=args.n, seed=args.seed, method=args.method,
                  context=context)
     samples = imp.samples.detach().cpu()
@@ -282,7 +308,7 @@ def cmd_impute(args: argparse.Namespace, extra: Sequence[str]) -> int:
         rows = min(x.shape[0], 16)
         inpainting_grid(x[:rows], imp.mask[:rows], samples[:, :rows], args.png,
                         levels=model.config.levels, title=f"{name}: {imp.method}")
-    print(f"{name}/{args.split}: {x.shape[0]} examples x {args.n} completions by {imp.method} "
+    print(f"{name}/{split}: {x.shape[0]} examples x {args.n} completions by {imp.method} "
           f"({'exact' if imp.exact else 'approximate'} draws) -> {out}")
     for note in imp.notes:
         print(f"  note: {note}")
@@ -491,9 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("impute", help="complete the missing part of data with a trained run")
     _run_arguments(m)
-    m.add_argument("--mask", required=True,
+    m.add_argument("--mask", default=None,
                    help="bottom-half, top-half, left-half, right-half, center, random:P, or a "
-                   ".npy of bools (True = observed)")
+                   ".npy of bools (True = observed); default: the data's own missing cells "
+                   "(--data table.csv#missing=mask, the whole table in file order)")
     m.add_argument("-n", type=int, default=8, help="completions per example (default: 8)")
     m.add_argument("-o", "--output", default="imputed.npz",
                    help=".npz (samples, mask, data) or .csv (the completed table)")
@@ -501,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--method", default="auto", help="imputation method (default: auto)")
     m.add_argument("--limit", type=int, default=None, help="only the first N examples")
     _common_arguments(m)
-    m.set_defaults(fn=cmd_impute)
+    m.set_defaults(fn=cmd_impute, split=None)  # split: test with --mask, else all
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run directory or checkpoint file")

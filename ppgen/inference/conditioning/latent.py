@@ -112,7 +112,7 @@ def importance_resampling(
         "num_particles": k,
         "weight_ess_min": float(ess.min()),
         "weight_ess_median": float(ess.median()),
-        "log_p_observed": log_p.tolist(),
+        "mean_log_p_observed": float(log_p.mean()),  # the IWAE-K estimate, nats per row
         "notes": [
             f"importance resampling from {k} encoder proposals q(z | x_o) per example "
             f"(weight ESS min {float(ess.min()):.1f}, median {float(ess.median()):.1f}): "
