@@ -80,28 +80,50 @@ def importance_resampling(
     context: Tensor | None = None,
     *,
     num_particles: int = 1000,
+    defensive: float = 0.2,
     **options: Any,
 ) -> MethodResult:
-    """Sampling importance resampling with the encoder as proposal (module docstring).
+    r"""Sampling importance resampling with the encoder as proposal (module docstring).
+
+    The proposal is the defensive mixture (Hesterberg 1995)
+    :math:`(1 - \alpha)\, q(z \mid x_o) + \alpha\, p(z)`: a fraction ``defensive`` of the
+    particles comes from the prior, which bounds every weight by
+    :math:`p(x_o \mid z) / \alpha`, so an encoder narrower than the posterior (one trained on
+    complete data, or barely trained) cannot produce the rare huge weights that bias
+    resampling.
 
     Arguments:
         num_particles: K, proposals per example (each of the S draws picks one of them).
+        defensive: alpha in [0, 1), the prior's share of the proposal (0: the encoder alone,
+            as MIWAE's imputation does).
     """
-    _check_options("importance-resampling", options, "num_particles=")
+    _check_options("importance-resampling", options, "num_particles=, defensive=")
     k = _check_int("num_particles", num_particles, 1)
+    if not 0.0 <= float(defensive) < 1.0:
+        raise ValueError(f"defensive must lie in [0, 1), got {defensive!r}")
     assert isinstance(model, AmortizedProposal) and isinstance(model, LatentObservationModel)
     torch.manual_seed(seed)  # the encoder's reparameterized draws use torch's global stream
     with torch.no_grad():
         q = model.latent_proposal(x, observed, context)
-        z = q.rsample(torch.Size([k]))  # (K, n, latent)
-        log_w = (model.observed_log_likelihood(z, x, observed, context)
-                 + model.latent_prior().log_prob(z) - q.log_prob(z))  # (K, n)
+        prior = model.latent_prior()
+        k_prior = int(round(float(defensive) * k))
+        z = q.rsample(torch.Size([k - k_prior]))  # (K, n, latent)
+        if k_prior:
+            z = torch.cat([z, prior.sample(torch.Size([k_prior, x.shape[0]])).to(z.dtype)])
+        log_prior = prior.log_prob(z)
+        log_q = q.log_prob(z)
+        if k_prior:
+            a = float(defensive)
+            log_q = torch.logaddexp(math.log1p(-a) + log_q, math.log(a) + log_prior)
+        log_w = model.observed_log_likelihood(z, x, observed, context) + log_prior - log_q
         if not bool(torch.isfinite(log_w).all()):
             raise ValueError(
                 "importance-resampling: non-finite importance weights (the model scores the "
                 "observed cells as impossible); check the data against the model"
             )
-        probs = torch.softmax(log_w, 0).T  # (n, K)
+        # (n, K), contiguous: torch.multinomial drew wrong indices from the transposed view
+        # (measured: P(x_3 = 1) 0.834 against 0.718 on the test's binary VAE)
+        probs = torch.softmax(log_w, 0).T.contiguous()
         pick = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
         n = x.shape[0]
         z_s = z.permute(1, 0, 2)[torch.arange(n, device=z.device)[:, None], pick]  # (n, S, l)
