@@ -189,7 +189,7 @@ def nuts(
         "missing_dims": m,
     }
     flat_chains = v_chains.reshape(num_chains, draws, -1).double()
-    if draws >= 2:
+    if draws >= 4:  # fewer draws give meaningless (even negative) ESS figures
         ess = effective_sample_size(flat_chains, chain_dim=0, sample_dim=1)
         diagnostics["ess_min"] = _stat(ess, torch.min)
         diagnostics["ess_median"] = _stat(ess, torch.median)
