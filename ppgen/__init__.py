@@ -21,19 +21,22 @@ __all__ = [
     "fit",
     "forecast",
     "from_pyro",
+    "impute",
     "inference",
     "load",
     "load_run",
+    "masks",
     "metrics",
     "models",
     "posterior",
     "save",
 ]
 
-from ppgen import checkpoint, datasets, inference, models
+from ppgen import checkpoint, datasets, inference, masks, models
 from ppgen.checkpoint import load, save
 from ppgen.fitting import fit
 from ppgen.inference import analysis, metrics
+from ppgen.inference.conditioning import impute
 from ppgen.inference.forecasting import forecast
 from ppgen.inference.likelihood import evaluate
 from ppgen.inference.posterior import posterior

@@ -151,10 +151,17 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         settings = train_config.from_arguments(args, objective_options=overrides["objective"])
         history = fit(model, train, settings, val=val, out=out, run_info=run_info)
         progress.update(step=history.steps, checkpoint=out / "checkpoint.pt")
-        ev = evaluate(model, val if val is not None else train, seed=args.seed)
+        scored = val if val is not None else train
+        if scored.mask is None:
+            summary = str(evaluate(model, scored, seed=args.seed))
+        else:  # incomplete data: nothing scores the missing cells; the objective's own number
+            summary = (f"{scored.missing_fraction:.1%} of cells missing; the objective's "
+                       f"last validation loss is {history.val[-1]['val_loss']:.4f} nats per "
+                       "example" if history.val else
+                       f"{scored.missing_fraction:.1%} of cells missing (no validation)")
     print(
         f"fit {args.model} on {args.data} in {history.elapsed:.1f}s: {history.summary()}; "
-        f"{'val' if val is not None else 'train'}: {ev}"
+        f"{'val' if val is not None else 'train'}: {summary}"
     )
     print(f"run directory: {out}")
     return 0
@@ -201,8 +208,10 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     data = load_data(name, args.split)
     ctx = distributed.init(resolve_device(args.device))  # under torchrun: sharded, gathered
     model.to(ctx.device)
+    masked = {} if args.mask is None else {"mask": _mask_argument(args.mask, model)}
     ev = evaluate(
-        model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed
+        model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed,
+        **masked,
     )
     if not ctx.is_main:
         return 0
@@ -219,6 +228,93 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(metrics.format_table(table))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _mask_argument(text: str, model: AbstractGenerativeModel) -> Any:
+    """``--mask``: a mask name (``bottom-half``, ``random:0.5``...) or a ``.npy`` file of bools
+    (read as plain data, never unpickled)."""
+    if text.endswith(".npy"):
+        import numpy as np
+
+        from ppgen.masks import check_mask
+
+        try:
+            array = np.load(text, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--mask {text}: cannot read a bool array from it ({e})") from None
+        return check_mask(torch.from_numpy(array) if array.dtype == np.bool_ else array,
+                          model.event_shape)
+    return text
+
+
+def cmd_impute(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import numpy as np
+
+    from ppgen.inference.conditioning import impute
+    from ppgen.inference.trainer import resolve_device
+
+    if args.n < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n}")
+    out = Path(args.output)
+    if out.suffix not in (".npz", ".csv"):
+        raise ValueError(f"-o {out}: write .npz (samples, mask, data) or .csv (completed table)")
+    model, run_config = _load_run(args.run, args.trust_code)
+    name = args.data or run_config.get("data")
+    if name is None:
+        raise ValueError("pass --data (the run directory does not record its dataset)")
+    own_holes = args.mask is None  # the data's own missing cells (FILE#missing=mask)
+    split = args.split or ("all" if own_holes else "test")
+    if own_holes and str(name) in datasets.names():
+        raise ValueError(f"{name} has no missing cells: pass --mask (e.g. bottom-half)")
+    data = load_data(name, split)
+    if own_holes and data.mask is None:
+        raise ValueError(
+            f"{name} ({split}) has no missing cells: pass --mask, or load a table with holes "
+            "as FILE#missing=mask"
+        )
+    if out.suffix == ".csv" and len(model.event_shape) != 1:
+        raise ValueError(f"-o {out}: a .csv holds flat rows; images go to .npz")
+    x = data.data if args.limit is None else data.data[: args.limit]
+    context = None
+    if model.conditional:
+        context = data.labels if args.limit is None else data.labels[: args.limit]
+    model.to(resolve_device(args.device)).eval()
+    if own_holes:
+        assert data.mask is not None
+        mask: Any = data.mask if args.limit is None else data.mask[: args.limit]
+    else:
+        mask = _mask_argument(args.mask, model)
+        if data.mask is not None:  # cells missing from the data stay missing
+            from ppgen.masks import named
+
+            given = named(mask, model.event_shape, seed=args.seed) if isinstance(mask, str) \
+                else mask
+            mask = given & (data.mask if args.limit is None else data.mask[: args.limit])
+    imp = impute(model, x, mask, num_samples=args.n, seed=args.seed, method=args.method,
+                 context=context)
+    samples = imp.samples.detach().cpu()
+    if out.suffix == ".npz":
+        np.savez(out, samples=samples.numpy(), mask=imp.mask.cpu().numpy(),
+                 data=x.detach().cpu().numpy(), method=np.array(imp.method))
+    else:
+        if model.config.kind == "continuous":
+            completed = samples.double().mean(0)
+        else:  # the most frequent level of each cell over the completions
+            completed = samples.long().mode(0).values.double()
+        np.savetxt(out, completed.numpy(), delimiter=",", fmt="%.6g")
+    if args.png:
+        from ppgen.plots import inpainting_grid
+
+        rows = min(x.shape[0], 16)
+        inpainting_grid(x[:rows], imp.mask[:rows], samples[:, :rows], args.png,
+                        levels=model.config.levels, title=f"{name}: {imp.method}")
+    print(f"{name}/{split}: {x.shape[0]} examples x {args.n} completions by {imp.method} "
+          f"({'exact' if imp.exact else 'approximate'} draws) -> {out}")
+    for note in imp.notes:
+        print(f"  note: {note}")
+    if imp.diagnostics:
+        print(f"  diagnostics: {json.dumps(imp.diagnostics, default=float)}")
     return 0
 
 
@@ -412,10 +508,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="samples per example of a stochastic estimator (default: the estimator's)",
     )
+    e.add_argument("--mask", default=None,
+                   help="score the missing part given the rest: a mask name (bottom-half, "
+                   "top-half, left-half, right-half, center, random:P) or a .npy of bools "
+                   "(True = observed); bits per missing dim")
     e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
     e.add_argument("--json", default=None, help="also write the results as JSON here")
     _common_arguments(e)
     e.set_defaults(fn=cmd_evaluate)
+
+    m = sub.add_parser("impute", help="complete the missing part of data with a trained run")
+    _run_arguments(m)
+    m.add_argument("--mask", default=None,
+                   help="bottom-half, top-half, left-half, right-half, center, random:P, or a "
+                   ".npy of bools (True = observed); default: the data's own missing cells "
+                   "(--data table.csv#missing=mask, the whole table in file order)")
+    m.add_argument("-n", type=int, default=8, help="completions per example (default: 8)")
+    m.add_argument("-o", "--output", default="imputed.npz",
+                   help=".npz (samples, mask, data) or .csv (the completed table)")
+    m.add_argument("--png", default=None, help="also draw observed | completions | truth here")
+    m.add_argument("--method", default="auto", help="imputation method (default: auto)")
+    m.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    _common_arguments(m)
+    m.set_defaults(fn=cmd_impute, split=None)  # split: test with --mask, else all
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run directory or checkpoint file")

@@ -14,6 +14,7 @@ __all__ = [
     "density_grid",
     "density_heatmap",
     "hdr_calibration",
+    "inpainting_grid",
     "latent_grid",
     "latent_scatter",
     "pit_histogram",
@@ -35,6 +36,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -557,3 +559,42 @@ def training_curves(
         fig.delaxes(ax)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+# ---- conditioning (ppgen impute) --------------------------------------------------------------
+
+
+def inpainting_grid(
+    x: Tensor,
+    mask: Tensor,
+    samples: Tensor,
+    path: str | os.PathLike | None = None,
+    levels: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Rows of images: observed part (missing cells blank) | completions | truth.
+
+    Arguments:
+        x: the true images ``(N, C, H, W)`` (or ``(N, D)`` with D a square).
+        mask: ``(N, *event_shape)`` bool, True = observed.
+        samples: completions ``(S, N, *event_shape)``.
+        path: where to write the figure.
+        levels: the data's levels (the grey scale's top).
+        title: the figure's title.
+    """
+    x = x.detach().float().cpu()
+    samples = samples.detach().float().cpu()
+    mask = mask.detach().cpu().expand(x.shape)
+    if x.dim() == 2:
+        side = int(math.isqrt(x.shape[1]))
+        if side * side != x.shape[1]:
+            raise ValueError(f"cannot draw vectors of size {x.shape[1]} as images")
+        x, mask = x.reshape(-1, 1, side, side), mask.reshape(-1, 1, side, side)
+        samples = samples.reshape(samples.shape[0], -1, 1, side, side)
+    blank = math.nan if x.shape[1] == 1 else 0.5 * float((levels or 2) - 1)
+    seen = torch.where(mask, x, torch.full_like(x, blank))
+    s = samples.shape[0]
+    rows = torch.cat([seen[None], samples, x[None]]).transpose(0, 1)  # (N, S + 2, C, H, W)
+    grid = rows.reshape(-1, *x.shape[1:])
+    return sample_grid(grid, path, levels=levels, ncol=s + 2,
+                       title=title or f"observed | {s} completions | truth")

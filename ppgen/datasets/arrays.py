@@ -35,12 +35,14 @@ least 10 points are needed).
   Unicode digits or spaces are not numbers (Python's ``float()`` takes some of them). Empty
   cells, pandas' missing-value markers (``NA``, ``null``...), ``nan`` and ``inf`` are missing
   or infinite values and refused like any non-number, naming the row and column (1-based, as a
-  spreadsheet shows them). The first non-blank row is a header, and skipped, when none of its
-  non-empty cells reads as a number or a missing/infinite marker (so pandas' ``to_csv`` header
-  ``,a,b`` is one); it must have as many columns as the data. If every cell is an integer
-  literal (within int64) the array is integer (the rules above apply), else float. Blank
-  rows, and rows whose cells are all empty (``,,``, as spreadsheets export trailing rows), are
-  skipped.
+  spreadsheet shows them); with ``missing="mask"`` (``table.csv#missing=mask``) missing cells
+  are kept as missing values instead (the dataset's ``mask``), and a table whose observed cells
+  are all integers follows the integer rules above. The first non-blank row is a header, and
+  skipped, when none of its non-empty cells reads as a number or a missing/infinite marker
+  (so pandas' ``to_csv`` header ``,a,b`` is one); it must have as many columns as the data.
+  If every cell is an integer literal (within int64) the array is integer (the rules above
+  apply), else float. Blank rows, and rows whose cells are all empty (``,,``, as spreadsheets
+  export trailing rows), are skipped.
 
 Options may ride on the path after ``#`` (so they work from the command line too):
 ``ppgen fit made --data "pixels.npy#kind=discrete,levels=256"``.
@@ -192,6 +194,7 @@ def from_array(
     name: str = "array",
     labels: Any | None = None,
     split: str = "all",
+    missing: str = "error",
 ) -> Dataset:
     """A :class:`~ppgen.datasets.Dataset` from a user's array.
 
@@ -204,6 +207,12 @@ def from_array(
         name: the dataset's name (shown in errors and reports).
         labels: optional integer class labels, shape ``(N,)`` (for conditional models).
         split: ``"all"`` or one of the fixed ``"train"``/``"val"``/``"test"`` splits.
+        missing: what a NaN cell means: ``"error"`` (the default: NaN is refused) or
+            ``"mask"``: the cell is missing, and the dataset carries a ``mask`` (True =
+            observed) with NaN left in the missing cells. Families that train on incomplete
+            data (the VAE, with the MIWAE bound) fit it; ``ppgen.impute`` fills it in. Infinite
+            values are refused either way, and so is a column (a scalar dimension) with no
+            observed cell.
 
     Returns:
         The validated dataset (data as float32).
@@ -227,13 +236,27 @@ def from_array(
         raise DataError(
             f"{name} has dtype {x.dtype}; convert it to a real float, integer or bool array"
         )
+    if missing not in ("error", "mask"):
+        raise DataError(
+            f"{name}: missing must be 'error' (refuse NaN) or 'mask' (NaN cells are missing), "
+            f"got {missing!r}"
+        )
+    observed = None
     if np.issubdtype(x.dtype, np.floating):
-        bad = int((~np.isfinite(x)).sum())
+        if missing == "mask":
+            observed = ~np.isnan(x)
+            _check_observed_columns(observed, name)
+        finite = np.isfinite(x) if observed is None else np.isfinite(x) | ~observed
+        bad = int((~finite).sum())
         if bad:
-            raise DataError(
-                f"{name} holds {bad} non-finite value(s) (NaN or inf); remove or impute them"
-            )
-        if np.abs(x).max() > np.finfo(np.float32).max:
+            what = "non-finite value(s) (NaN or inf); remove or impute them"
+            if observed is not None:
+                what = "infinite value(s); remove them or mark them missing (NaN)"
+            elif np.isnan(x).any():
+                what += (" (or pass missing='mask', FILE#missing=mask on the command line, to "
+                         "keep NaN cells as missing values)")
+            raise DataError(f"{name} holds {bad} {what}")
+        if np.nanmax(np.abs(x), initial=0.0) > np.finfo(np.float32).max:
             raise DataError(f"{name} holds values beyond the float32 range; rescale the data")
     kind, levels = infer_kind(x, kind, levels, what=name)
     y = None
@@ -247,7 +270,22 @@ def from_array(
         y = torch.as_tensor(y_np, dtype=torch.long)
     idx = split_indices(x.shape[0], split, what=name)
     data = torch.as_tensor(np.ascontiguousarray(x[idx]).astype(np.float32))
-    return Dataset(name, data, kind, levels, split, labels=None if y is None else y[idx])
+    mask = None if observed is None else torch.as_tensor(np.ascontiguousarray(observed[idx]))
+    return Dataset(name, data, kind, levels, split, labels=None if y is None else y[idx],
+                   mask=mask)
+
+
+def _check_observed_columns(observed: np.ndarray, name: str) -> None:
+    """Refuse incomplete data with a column (scalar dimension) that has no observed cell:
+    nothing can be learned or imputed for it."""
+    flat = observed.reshape(observed.shape[0], -1)
+    empty = np.flatnonzero(~flat.any(0))
+    if empty.size:
+        shown = ", ".join(map(str, empty[:6].tolist())) + (" ..." if empty.size > 6 else "")
+        raise DataError(
+            f"{name}: {empty.size} column(s) have no observed value (0-based: {shown}); drop "
+            "them: nothing can be learned or imputed for a column that is always missing"
+        )
 
 
 def _as_numpy(array: Any, name: str) -> np.ndarray:
@@ -272,7 +310,7 @@ def is_file_spec(name: str | Path) -> bool:
 
 
 def parse_file_spec(
-    spec: str | Path, allowed: tuple[str, ...] = ("kind", "levels", "key")
+    spec: str | Path, allowed: tuple[str, ...] = ("kind", "levels", "key", "missing")
 ) -> tuple[Path, dict[str, Any]]:
     """Split ``"path#kind=discrete,levels=256,key=x"`` into the path and its options.
 
@@ -310,6 +348,7 @@ def load_file(
     kind: str | None = None,
     levels: int | None = None,
     key: str | None = None,
+    missing: str | None = None,
 ) -> Dataset:
     """Load a ``.npy``, ``.npz`` or ``.csv`` file as a dataset (rules in the module docstring).
 
@@ -319,6 +358,9 @@ def load_file(
         kind: overrides the inferred kind.
         levels: overrides the inferred levels.
         key: the array to read from a ``.npz`` file.
+        missing: ``"error"`` (default) or ``"mask"``: NaN cells (and, in a ``.csv`` file,
+            empty cells and missing-value markers) are missing values, carried as the
+            dataset's ``mask`` (see :func:`from_array`); also ``#missing=mask`` on the path.
 
     Returns:
         The dataset, named by the path.
@@ -331,6 +373,7 @@ def load_file(
     kind = kind if kind is not None else options.get("kind")
     levels = levels if levels is not None else options.get("levels")
     key = key if key is not None else options.get("key")
+    missing = missing if missing is not None else options.get("missing", "error")
     what = str(file)
     suffix = file.suffix.lower()
     if suffix not in FILE_SUFFIXES:
@@ -345,8 +388,13 @@ def load_file(
     elif suffix == ".npz":
         array, labels = _read_npz(file, key)
     else:
-        array = _read_csv(file)
-    return from_array(array, kind=kind, levels=levels, name=what, labels=labels, split=split)
+        array, integers = _read_csv(file, allow_missing=missing == "mask")
+        if integers and kind is None and levels is None and np.isnan(array).any():
+            # integer cells around the holes: the rules for integers decide the kind, as they
+            # would for the same table without holes
+            kind, levels = infer_kind(array[~np.isnan(array)].astype(np.int64), what=what)
+    return from_array(array, kind=kind, levels=levels, name=what, labels=labels, split=split,
+                      missing=missing)
 
 
 def _read_npy(file: Path) -> np.ndarray:
@@ -395,7 +443,9 @@ def _read_npz(file: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | Non
     return arrays[data_key], None if label_key is None else arrays[label_key]
 
 
-def _read_csv(file: Path) -> np.ndarray:
+def _read_csv(file: Path, allow_missing: bool = False) -> tuple[np.ndarray, bool]:
+    """The numbers of a CSV file (module docstring), and whether every number is an integer
+    literal. With ``allow_missing``, missing cells (empty, ``NA``, ``nan``...) read as NaN."""
     blob = file.read_bytes()
     if blob.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(
@@ -441,6 +491,9 @@ def _read_csv(file: Path) -> np.ndarray:
         parsed = []
         for col, c in enumerate(row, 1):
             kind, value = _cell(c)
+            if kind == "missing" and allow_missing:
+                parsed.append(math.nan)
+                continue
             if kind != "number":
                 where = f"{file}: row {number}, column {col}"
                 if kind == "text":
@@ -457,16 +510,19 @@ def _read_csv(file: Path) -> np.ndarray:
                     f"{where} {what}: {'an' if kind == 'infinite' else 'a'} {kind} (non-finite) "
                     "value, not a number that can be "
                     "scored; fill it in or remove the row"
+                    + ("" if kind == "infinite" else
+                       ", or keep it as a missing value with FILE#missing=mask")
                 )
             all_int = all_int and isinstance(value, int)
             parsed.append(value)
         values.append(parsed)
     if all_int:
         try:
-            return np.array(values, dtype=np.int64)
+            if not any(isinstance(v, float) for row in values for v in row):  # no NaN holes
+                return np.array(values, dtype=np.int64), True
         except OverflowError:
-            pass  # integers beyond int64: read as floats, as numpy.loadtxt(dtype=float) does
-    return np.array(values, dtype=np.float64)
+            all_int = False  # beyond int64: read as floats, as numpy.loadtxt(dtype=float) does
+    return np.array(values, dtype=np.float64), all_int
 
 
 # Numbers as numpy.loadtxt and pandas.read_csv read them: ASCII digits in decimal or scientific

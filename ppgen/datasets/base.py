@@ -61,6 +61,11 @@ class Dataset:
             None (the default): :func:`default_feature_space` of the data's shape and kind.
         modes: ``(centers Tensor[K, D], std)`` where the data are a known isotropic Gaussian
             mixture (the toys ``8gaussians``, ``grid25``), for mode coverage; else None.
+        mask: for incomplete data (``from_array(x, missing="mask")``): a bool tensor of the
+            data's shape, True where a cell is observed; ``data`` holds NaN in the missing
+            cells, so a consumer that does not read the mask refuses the data (NaN) instead of
+            using made-up values. None (the default) for complete data; an all-True mask is
+            stored as None.
     """
 
     name: str
@@ -73,6 +78,7 @@ class Dataset:
     entropy: float | None = None
     feature_space: FeatureSpace | None = None
     modes: tuple[Tensor, float] | None = None
+    mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.data):
@@ -88,8 +94,11 @@ class Dataset:
         if self.kind == "continuous" and levels is not None:
             raise DataError(f"dataset {self.name!r}: continuous data takes no levels")
         object.__setattr__(self, "levels", levels)
+        if self.mask is not None:
+            self._declare_missing()
+        observed = self.data if self.mask is None else self.data.where(self.mask, 0.0)
         check_batch(
-            self.data, self.data.shape[1:], self.kind, levels, what=f"dataset {self.name!r}"
+            observed, self.data.shape[1:], self.kind, levels, what=f"dataset {self.name!r}"
         )
         if self.data.dtype != torch.float32:
             object.__setattr__(self, "data", self.data.to(torch.float32))
@@ -98,6 +107,28 @@ class Dataset:
                 f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points"
             )
         self._declare_metrics()
+
+    def _declare_missing(self) -> None:
+        """Check the mask (bool, the data's shape) and put NaN in the missing cells; an
+        all-True mask is complete data (None)."""
+        mask = self.mask
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool or mask.shape != self.data.shape:
+            raise DataError(
+                f"dataset {self.name!r}: mask must be a bool tensor of the data's shape "
+                f"{tuple(self.data.shape)} (True = observed), got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)} of shape "
+                f"{tuple(getattr(mask, 'shape', ()))}"
+            )
+        if bool(mask.all()):
+            object.__setattr__(self, "mask", None)
+            return
+        data = self.data.to(torch.float32).masked_fill(~mask, float("nan"))
+        object.__setattr__(self, "data", data)
+
+    @property
+    def missing_fraction(self) -> float:
+        """The fraction of cells that are missing (0.0 for complete data)."""
+        return 0.0 if self.mask is None else 1.0 - float(self.mask.float().mean())
 
     def _declare_metrics(self) -> None:
         """Resolve the default ``feature_space`` and check the declared ``modes``."""
@@ -137,10 +168,12 @@ class Dataset:
     def subset(self, n: int) -> Dataset:
         """The first ``n`` points (for quick runs and tests)."""
         labels = None if self.labels is None else self.labels[:n]
-        return dataclasses.replace(self, data=self.data[:n], labels=labels)
+        mask = None if self.mask is None else self.mask[:n]
+        return dataclasses.replace(self, data=self.data[:n], labels=labels, mask=mask)
 
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-            f"event_shape={self.event_shape}, kind={self.kind!r}, levels={self.levels})"
+            f"event_shape={self.event_shape}, kind={self.kind!r}, levels={self.levels}"
+            + (")" if self.mask is None else f", missing={self.missing_fraction:.3g})")
         )

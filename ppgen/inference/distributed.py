@@ -113,14 +113,20 @@ class _Loss(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, x: Tensor, context: Tensor | None, group: str, step: int) -> Tensor:
-        return self.objective.loss(self.model, x, context, group, step)
+    def forward(
+        self, x: Tensor, context: Tensor | None, group: str, step: int,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        if mask is None:
+            return self.objective.loss(self.model, x, context, group, step)
+        return self.objective.loss(self.model, x, context, group, step, mask=mask)
 
 
 def wrap(
     model: AbstractGenerativeModel, objective: AbstractObjective, ctx: Context
 ) -> Callable[..., Tensor]:
-    """A callable ``(x, context, group, step) -> loss``; gradient-averaging under DDP."""
+    """A callable ``(x, context, group, step, mask=None) -> loss``; gradient-averaging under
+    DDP. The mask (incomplete data) reaches only objectives that declare ``accepts_mask``."""
     loss = _Loss(model, objective)
     if not ctx.distributed or not any(p.requires_grad for p in loss.parameters()):
         return loss

@@ -388,6 +388,7 @@ def evaluate(
     seed: int = 0,
     context: Tensor | None = None,
     mc_examples: int | None = MC_EXAMPLES,
+    mask: Tensor | str | None = None,
     **options: Any,
 ) -> Evaluation:
     r"""Score ``data`` under ``model`` with a labelled estimator.
@@ -423,6 +424,12 @@ def evaluate(
         seed: seeds torch so a stochastic estimator is reproducible.
         context: context rows for a conditional model when ``data`` is a tensor.
         mc_examples: examples re-scored to measure the Monte Carlo error (None: all; 0: none).
+        mask: condition on the observed coordinates (True = observed; a name of
+            ``ppgen.masks.named`` or a bool tensor): the result is then the conditional
+            :math:`\log p(x_m \mid x_o)`, exact where the model's ordering allows it, else an
+            importance-sampling estimate, in bits per *missing* dimension
+            (:mod:`ppgen.inference.conditioning.density`; ``estimator`` is then
+            ``"auto"``, ``"exact-conditional"`` or ``"importance"``).
         **options: estimator-specific options (e.g. AIS's ``num_steps``), passed through; the
             family's ``estimator_defaults(name)`` fill the ones not given.
 
@@ -430,6 +437,12 @@ def evaluate(
         An :class:`Evaluation` with per-example values, kind, estimator, units, the Monte Carlo
         standard error and notes (e.g. a model built for other levels than the data's).
     """
+    if mask is not None:  # the conditional density of the missing part (issue 20)
+        from ppgen.inference.conditioning.density import evaluate_conditional
+
+        if num_particles is not None:
+            options["num_particles"] = num_particles
+        return evaluate_conditional(model, data, mask, seed, estimator, context, **options)
     x, labels = as_batch(data, what="ppgen.evaluate's data=")
     if model.conditional and context is None:
         context = labels

@@ -329,11 +329,43 @@ class _SignalGuard:
             signal.signal(sig, handler)
 
 
+def _check_incomplete(model: AbstractGenerativeModel, mask: Tensor, what: str) -> None:
+    """Refuse incomplete data for a family that cannot train on it, naming those that can."""
+    if model.incomplete_data_objective is not None:
+        return
+    from ppgen.models import get, names  # the registry: which families declare the capability
+
+    able = [n for n in names() if get(n).incomplete_data_objective is not None]
+    missing = 1.0 - float(mask.float().mean())
+    raise DataError(
+        f"{type(model).__name__} cannot train on incomplete data ({what} has {missing:.1%} of "
+        f"its cells missing); families that can: {', '.join(able)}; or fill the holes first "
+        "(ppgen.impute), or drop the incomplete rows"
+    )
+
+
+def _fill_missing(x: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """``x`` with each missing cell set to its column's mean over the observed cells (rounded
+    for discrete data): what ``initialize`` and any statistic of the batch see. The objective
+    itself reads the observed cells only (it gets the mask)."""
+    observed = mask.to(x.dtype)
+    mean = x.where(mask, 0.0).sum(0) / observed.sum(0).clamp_min(1)
+    if kind != "continuous":
+        mean = mean.round()
+    return x.where(mask, mean.expand_as(x))
+
+
 def _as_tensors(
     data: Dataset | Tensor, model: AbstractGenerativeModel, what: str, arg: str = "data"
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(data, labels or None, mask of observed cells or None), validated before any work."""
     x, labels = as_batch(data, what=f"ppgen.fit's {arg}= ({what})")
+    mask = data.mask if isinstance(data, Dataset) else None
     cfg = model.config
+    if mask is not None:
+        _check_incomplete(model, mask, what)
+        check_batch(x.where(mask, 0.0), cfg.event_shape, cfg.kind, cfg.levels, what=what)
+        x = _fill_missing(x, mask, cfg.kind)
     check_batch(x, cfg.event_shape, cfg.kind, cfg.levels, what=what)
     if x.is_floating_point() and not torch.isfinite(x.to(_dtype(model))).all():
         raise DataError(
@@ -345,7 +377,7 @@ def _as_tensors(
         raise DataError(f"{type(model).__name__} is conditional: {what} needs labels")
     if model.conditional:
         model.check_context(labels, x.shape[0])  # one label per example, in range: before work
-    return x, (labels if model.conditional else None)
+    return x, (labels if model.conditional else None), mask
 
 
 
@@ -368,7 +400,11 @@ def fit(
 
     Arguments:
         model: any ppgen model.
-        data: the training :class:`~ppgen.datasets.Dataset` (or a tensor).
+        data: the training :class:`~ppgen.datasets.Dataset` (or a tensor). Incomplete data
+            (a Dataset with a ``mask``, ``from_array(x, missing="mask")``) trains families
+            that declare an ``incomplete_data_objective`` (the VAE: ``"miwae"``, the default
+            objective for such data), each batch's mask reaching the objective; any other
+            family, or an objective without ``accepts_mask``, is refused before any work.
         config: the training settings, a :class:`~ppgen.inference.train_config.TrainConfig`
             (default: its defaults). Every field is described there; the main ones:
             ``steps``, ``batch_size``, ``lr`` (None: the family's ``fit_defaults``, else
@@ -407,9 +443,10 @@ def fit(
         NonFiniteLossError: non-finite loss or gradient (the last good checkpoint stays whole).
         TrainingInterrupted: SIGINT/SIGTERM (after finishing the step and saving a checkpoint).
     """
-    cfg = _settings(model, config, settings, out, run_info)
     train = _as_tensors(data, model, "training data")
     valid = None if val is None else _as_tensors(val, model, "validation data", "val")
+    incomplete = train[2] is not None or (valid is not None and valid[2] is not None)
+    cfg = _settings(model, config, settings, out, run_info, incomplete)
     if valid is None:
         cfg = cfg.replace(patience=None)  # nothing to stop on, no best weights to return
     run_dir = None if out is None else RunDirectory(out)
@@ -421,6 +458,12 @@ def fit(
     seed_everything(cfg.seed)
     model.to(ctx.device)
     obj = make_objective(cfg.objective, model, **cfg.objective_options).to(ctx.device)
+    if incomplete and not obj.accepts_mask:
+        raise FitError(
+            f"the {cfg.objective!r} objective cannot fit incomplete data (the data has a mask "
+            f"of missing cells); use objective={model.incomplete_data_objective!r} (the "
+            "default for such data)"
+        )
     run = _Run(model, obj, cfg, ctx, run_dir, on_checkpoint)
     with contextlib.ExitStack() as stack:
         # from here a signal stops the run after its next step, with a checkpoint
@@ -442,6 +485,7 @@ def _settings(
     settings: dict[str, Any],
     out: str | os.PathLike | None,
     run_info: dict[str, Any] | None,
+    incomplete: bool = False,
 ) -> TrainConfig:
     """The run's settings: ``config`` with ``settings`` and the family's defaults, validated,
     and the defaults that depend on other settings resolved (objective, patience, intervals)."""
@@ -460,7 +504,9 @@ def _settings(
             raise FitError(f"run_info must be plain JSON data: {e}") from None
     eval_every = cfg.eval_every or max(cfg.steps // 20, 1)
     return cfg.replace(
-        objective=cfg.objective or model.default_objective,
+        # incomplete data: the family's declared objective for it (checked by _as_tensors)
+        objective=cfg.objective or (model.incomplete_data_objective if incomplete else None)
+        or model.default_objective,
         patience=DEFAULT_PATIENCE if cfg.patience == "auto" else cfg.patience,
         eval_every=eval_every,
         checkpoint_every=cfg.checkpoint_every or eval_every,
@@ -518,15 +564,18 @@ class _Step:
             enabled=cfg.precision == "bf16",
         )
 
-    def __call__(self, xb: Tensor, cb: Tensor | None, step: int) -> tuple[dict[str, float], bool]:
-        """Train on the batch ``xb`` (labels ``cb``); returns the logged losses (``"loss"``, or
-        ``"loss/<group>"`` for several groups) and whether a group was skipped."""
+    def __call__(
+        self, xb: Tensor, cb: Tensor | None, step: int, mb: Tensor | None = None
+    ) -> tuple[dict[str, float], bool]:
+        """Train on the batch ``xb`` (labels ``cb``, mask of observed cells ``mb``); returns
+        the logged losses (``"loss"``, or ``"loss/<group>"`` for several groups) and whether a
+        group was skipped."""
         losses: dict[str, float] = {}
         skipped = False
         for group in self.obj.schedule(step):
             opt = self.optimizers[group]
             opt.zero_grad(set_to_none=True)
-            loss = self._backward(xb, cb, group, step)
+            loss = self._backward(xb, cb, group, step, mb)
             norm = _grad_norm(self.groups[group], self.clip_grad)
             if not self._finite(loss, norm, group, step, xb):
                 opt.zero_grad(set_to_none=True)
@@ -537,7 +586,9 @@ class _Step:
         self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
         return losses, skipped
 
-    def _backward(self, xb: Tensor, cb: Tensor | None, group: str, step: int) -> Tensor:
+    def _backward(
+        self, xb: Tensor, cb: Tensor | None, group: str, step: int, mb: Tensor | None = None
+    ) -> Tensor:
         """Accumulate the gradient of the global batch's mean loss; returns that loss."""
         accumulate, model = self.accumulate, self.model
         micro = len(xb) // accumulate
@@ -557,7 +608,8 @@ class _Step:
             sync = j == accumulate - 1
             with self.streams.use(j), dist_utils.maybe_no_sync(self.loss_fn, sync):
                 with self.autocast():
-                    loss = self.loss_fn(xb[part], cj, group, step)
+                    loss = self.loss_fn(xb[part], cj, group, step,
+                                        None if mb is None else mb[part])
                 (loss / accumulate).backward()
             total += loss.detach().double()
         if accumulate > 1:
@@ -711,15 +763,15 @@ class _Run:
     def train(
         self,
         step_fn: _Step,
-        train: tuple[Tensor, Tensor | None],
-        valid: tuple[Tensor, Tensor | None] | None,
+        train: tuple[Tensor, Tensor | None, Tensor | None],
+        valid: tuple[Tensor, Tensor | None, Tensor | None] | None,
         start: int,
         guard: _SignalGuard,
     ) -> None:
         """Steps ``start`` to ``steps``: a batch, a step, then the records, validation,
         checkpoints and signals of that step."""
         cfg, history, ctx = self.cfg, self.history, self.ctx
-        (x_train, c_train), steps = train, cfg.steps
+        (x_train, c_train, m_train), steps = train, cfg.steps
         bar = _progress(cfg.progress and ctx.is_main, start, steps)
         t0 = time.perf_counter() - history.elapsed
         step = guard.step = start
@@ -740,7 +792,8 @@ class _Run:
             idx = dist_utils.shard(idx, ctx)
             xb = x_train[idx].to(device=ctx.device, dtype=_dtype(self.model), non_blocking=True)
             cb = None if c_train is None else c_train[idx].to(ctx.device)
-            losses, skipped = step_fn(xb, cb, step)
+            mb = None if m_train is None else m_train[idx].to(ctx.device)
+            losses, skipped = step_fn(xb, cb, step, mb)
             history.skipped_steps += int(skipped)
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -779,7 +832,9 @@ class _Run:
         if bar is not None:
             bar.update(1)
 
-    def _validate(self, valid: tuple[Tensor, Tensor | None], step: int) -> bool:
+    def _validate(
+        self, valid: tuple[Tensor, Tensor | None, Tensor | None], step: int
+    ) -> bool:
         return _validate(self.model, self.obj, *valid, self.ema, self.history, step,
                          self.run_dir, self.ctx, self.cfg.patience,  # type: ignore[arg-type]
                          self.cfg.batch_size, self.best)
@@ -982,6 +1037,7 @@ def _validate(
     obj: AbstractObjective,
     x_val: Tensor,
     c_val: Tensor | None,
+    m_val: Tensor | None,
     ema_state: _EMA | None,
     history: History,
     step: int,
@@ -1010,7 +1066,10 @@ def _validate(
             part = idx[start : start + max(batch_size, 256)]
             xb = x_val[part].to(device=device, dtype=dtype)
             cb = None if c_val is None else c_val[part].to(device)
-            value = obj.validation_loss(model, xb, cb)
+            if m_val is None:
+                value = obj.validation_loss(model, xb, cb)
+            else:
+                value = obj.validation_loss(model, xb, cb, mask=m_val[part].to(device))
             if value is None:
                 model.train()
                 return False

@@ -404,6 +404,8 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             the choice by capability (``exact`` -> ``"exact"``, ``bound`` -> ``"iwae"``,
             ``none`` -> ``"ais"``). Diffusion, whose closed-form bound is tighter and cheaper
             than IWAE over a T-step chain, declares ``"elbo"``.
+        conditioning_methods: the names of the imputation methods of ``ppgen.impute`` that
+            apply to this family, most preferred first (``ppgen.models.conditioning``).
 
     Instance attributes:
         config: the frozen config the model was built from.
@@ -430,6 +432,14 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     #: True when the family defines a probability-flow ODE whose likelihood
     #: :meth:`ode_log_prob` computes (diffusion); the ``"ode"`` estimator reads it.
     probability_flow: ClassVar[bool] = False
+    #: The objective that fits this family on incomplete data (a dataset with a ``mask``, from
+    #: ``from_array(x, missing="mask")``), or None: the family cannot train on missing values
+    #: and ``ppgen.fit`` refuses such data for it before any work. A family that names one
+    #: implements :meth:`observed_log_weights`.
+    incomplete_data_objective: ClassVar[str | None] = None
+    #: Imputation methods (``ppgen.impute``) that apply to this family, most preferred first;
+    #: see :mod:`ppgen.models.conditioning`. Empty: the family cannot be conditioned.
+    conditioning_methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -661,6 +671,27 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
                 kl.append(spread_over_examples(guide_trace.nodes[name]["log_prob"], n) - lp)
         kl_terms = torch.stack(kl, -1) if kl else x.new_zeros(n, 0)
         return log_lik, kl_terms
+
+    def observed_log_weights(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        num_particles: int = 1,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        r"""Importance log-weights of the observed cells only, ``(K, N)`` in nats:
+        :math:`\log w_k = \log p(x_{obs} \mid z_k) + \log p(z_k) - \log q(z_k \mid x_{obs})`,
+        :math:`z_k \sim q`, so that :math:`\log \frac1K \sum_k w_k` is a lower bound on
+        :math:`\log p(x_{obs})` (the MIWAE bound, Mattei & Frellsen 2019, arXiv:1812.02633).
+
+        The capability behind :attr:`incomplete_data_objective`; ``mask`` (bool, ``x``'s shape,
+        True = observed; None = all observed) says which cells count, and the values of ``x``
+        in missing cells are never read. Default: this family has none.
+        """
+        raise ValueError(
+            f"{type(self).__name__} cannot score incomplete data (it has no likelihood of the "
+            "observed cells only)"
+        )
 
     # ---- hooks --------------------------------------------------------------------------------
 

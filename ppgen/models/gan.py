@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.conditioning import LatentObservationModel
 
 GANLoss = Literal["ns", "minimax", "hinge", "wgan-gp"]
 _LOSSES = ("ns", "minimax", "hinge", "wgan-gp")
@@ -238,7 +239,7 @@ def _dcgan_discriminator_body(
     return nn.Sequential(*layers)
 
 
-class GAN(AbstractGenerativeModel):
+class GAN(AbstractGenerativeModel, LatentObservationModel):
     r"""A GAN generator as a Pyro program: :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)`.
 
     An MLP generator for vector data, a small DCGAN-style generator for images ``(C, H, W)``
@@ -277,6 +278,7 @@ class GAN(AbstractGenerativeModel):
     likelihood: ClassVar = "none"
     Config: ClassVar = GANConfig
     default_objective: ClassVar = "adversarial"
+    conditioning_methods: ClassVar = ("latent-nuts",)
 
     def __init__(self, config: GANConfig | None = None, **fields: Any) -> None:
         super().__init__(config, **fields)
@@ -363,6 +365,46 @@ class GAN(AbstractGenerativeModel):
         discrete data), reproducible with ``seed`` or ``generator``."""
         generator = self.sampling_generator(seed, generator)
         x = self.generate(self.sample_latent(n, generator=generator))
+        if self.config.kind == "continuous":
+            return x
+        assert self.config.levels is not None
+        return torch.floor(x).clamp_(0, self.config.levels - 1)
+
+    # ---- conditioning (ppgen.impute's "latent-nuts") ----------------------------------------
+
+    def latent_prior(self) -> dist.TorchDistribution:
+        return self.prior()
+
+    def observed_log_likelihood(
+        self, z: Tensor, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        r"""The Gaussian observation model on the observed cells: :math:`\sum_{d\ obs}
+        \log \mathcal N(x_d; G(z)_d, s^2)` for continuous data; for discrete data each
+        observed level v gets the mass of its unit cell, :math:`\log(\Phi((v + 1 - G_d)/s)
+        - \Phi((v - G_d)/s))` (the dequantization noise integrated out in closed form, as
+        the model's ``"u"`` site integrates it)."""
+        observed = observed.expand_as(x)
+        g = self.generate(z)  # (..., N, *event)
+        s = self._observation_scale.to(g.dtype)
+        x = x.where(observed, 0.0)
+        if self.config.kind == "continuous":
+            lp = dist.Normal(g, s).log_prob(x.expand_as(g))
+        else:
+            lo, hi = (x - g) / s, (x + 1 - g) / s
+            # log(Phi(hi) - Phi(lo)), stable on either tail: mirror cells right of the mean
+            right = lo > 0
+            a, b = torch.where(right, -hi, lo), torch.where(right, -lo, hi)
+            log_b = torch.special.log_ndtr(b)
+            lp = log_b + torch.log1p(-torch.exp(torch.special.log_ndtr(a) - log_b).clamp(
+                max=1 - 1e-12))
+        lp = lp.where(observed, 0.0)
+        return lp.flatten(lp.dim() - len(self.event_shape)).sum(-1)
+
+    def sample_given_latent(
+        self, z: Tensor, generator: torch.Generator | None, context: Tensor | None = None
+    ) -> Tensor:
+        """``G(z)`` in data units, as :meth:`sample` gives it (no observation noise)."""
+        x = self.generate(z)
         if self.config.kind == "continuous":
             return x
         assert self.config.levels is not None

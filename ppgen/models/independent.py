@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.conditioning import ExactConditional
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,7 +35,7 @@ class IndependentConfig(ModelConfig):
     components: int = 1
 
 
-class Independent(AbstractGenerativeModel):
+class Independent(AbstractGenerativeModel, ExactConditional):
     """Independent per-dimension model: categorical, Bernoulli or Gaussian mixture.
 
     Its exact log-likelihood has a closed-form maximizer (the empirical frequencies), which
@@ -51,6 +52,7 @@ class Independent(AbstractGenerativeModel):
     likelihood: ClassVar = "exact"
     Config: ClassVar = IndependentConfig
     default_objective: ClassVar = "mle"
+    conditioning_methods: ClassVar = ("exact-ancestral",)
 
     def __init__(self, config: IndependentConfig | None = None, **fields: object) -> None:
         super().__init__(config, **fields)
@@ -115,6 +117,31 @@ class Independent(AbstractGenerativeModel):
         else:
             out = k.to(self.logits.dtype)
         return out.reshape(n, *self.event_shape)
+
+    # ---- conditioning (ppgen.impute): the missing dims are independent of the observed ----
+
+    def exact_conditional_reason(self, observed: Tensor) -> str | None:
+        return None
+
+    def log_prob_conditional(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        r""":math:`\log p(x_m \mid x_o) = \sum_{d \in m} \log p_d(x_d)`."""
+        flat = x.reshape(x.shape[0], -1)
+        if self.config.kind != "continuous":
+            flat = flat.long()
+        per = self._marginals().log_prob(flat)  # (N, D)
+        return per[:, ~observed.reshape(-1).to(per.device)].sum(-1)
+
+    @torch.no_grad()
+    def sample_conditional(
+        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """Unconditional draws with the observed entries put back (they are independent)."""
+        n = x.shape[0]
+        draws = self._sample(num_samples * n, generator=generator).reshape(num_samples, n, -1)
+        return torch.where(observed, x, draws.reshape(num_samples, *x.shape).to(x.dtype))
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.conditioning import AmortizedProposal, LatentObservationModel
 from ppgen.models.nets import MLP
 
 Decoder = Literal[
@@ -260,7 +261,7 @@ class _ConvDecoder(nn.Module):
         return out.reshape(*lead, *out.shape[1:])
 
 
-class VAE(AbstractGenerativeModel):
+class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
     r"""A variational autoencoder: Pyro ``model`` (prior, decoder) and ``guide`` (encoder).
 
     Likelihood: a **bound**. ``ppgen.evaluate`` reports IWAE-k (default k = 1000), a lower bound
@@ -285,6 +286,8 @@ class VAE(AbstractGenerativeModel):
     likelihood: ClassVar = "bound"
     Config: ClassVar = VAEConfig
     default_objective: ClassVar = "elbo"
+    incomplete_data_objective: ClassVar = "miwae"
+    conditioning_methods: ClassVar = ("importance-resampling", "latent-nuts")
 
     def __init__(self, config: VAEConfig | None = None, **fields: object) -> None:
         super().__init__(config, **fields)
@@ -416,8 +419,12 @@ class VAE(AbstractGenerativeModel):
         loc, scale, _ = self._encode(x, context)
         return loc, scale
 
-    def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _encode(
+        self, x: Tensor, context: Tensor | None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         inp = (x - self.x_shift) / self.x_scale
+        if mask is not None:  # MIWAE's encoder input: missing cells zero-filled (standardized)
+            inp = inp.where(mask, 0.0)
         c = self._one_hot(context)
         if self.config.net == "conv":
             out = self.encoder(inp, c)
@@ -428,10 +435,14 @@ class VAE(AbstractGenerativeModel):
         loc, raw, h = out[..., :latent], out[..., latent : 2 * latent], out[..., 2 * latent :]
         return loc, F.softplus(raw) + 1e-4, (h if h.shape[-1] else None)
 
-    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+    def posterior(
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None
+    ) -> dist.TorchDistribution:
         """q(z | x), batch shape ``(N,)``, event shape ``(latent,)``: the diagonal Gaussian, or
-        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x)."""
-        loc, scale, h = self._encode(x, context)
+        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x).
+        With ``mask`` (True = observed) the encoder sees the missing cells as zeros in its
+        standardized input, q(z | x_obs) of MIWAE (Mattei & Frellsen 2019)."""
+        loc, scale, h = self._encode(x, context, mask)
         base = dist.Normal(loc, scale, validate_args=False).to_event(1)
         if self.config.posterior == "gaussian":
             return base
@@ -521,6 +532,63 @@ class VAE(AbstractGenerativeModel):
     def elbo(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         log_lik, kl = self.elbo_parts(x, context)
         return log_lik - kl.sum(-1)
+
+    # ---- incomplete data (MIWAE) ------------------------------------------------------------
+
+    def observed_log_weights(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        num_particles: int = 1,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        r"""MIWAE's importance log-weights ``(K, N)`` (Mattei & Frellsen 2019,
+        arXiv:1812.02633, eq. 4): :math:`z_k \sim q(z \mid x_{obs})` (the encoder on the
+        zero-filled input), :math:`\log w_k = \sum_{d\ obs} \log p(x_d \mid z_k)
+        + \log p(z_k) - \log q(z_k \mid x_{obs})`; the decoder factorizes over cells, so
+        the likelihood of the observed cells is the sum of theirs. The values of ``x`` in
+        missing cells are never read (they may be NaN)."""
+        reason = self.latent_conditioning_reason()
+        if reason is not None:
+            raise ValueError(f"{reason}; it cannot score incomplete data")
+        if mask is None:
+            mask = torch.ones_like(x, dtype=torch.bool)
+        q = self.latent_proposal(x, mask, context)
+        z = q.rsample(torch.Size([num_particles]))  # (K, N, latent)
+        log_q, log_prior = q.log_prob(z), self.prior().log_prob(z)
+        return self.observed_log_likelihood(z, x, mask, context) + log_prior - log_q
+
+    # the conditioning interfaces (ppgen.models.conditioning): ppgen.impute's latent methods
+
+    def latent_conditioning_reason(self) -> str | None:
+        if self.decoder_kind == "made":
+            return ("VAE with decoder='made' has no likelihood of the observed cells alone (its "
+                    "decoder conditions each cell on the previous ones, missing ones included)")
+        return None
+
+    def latent_prior(self) -> dist.TorchDistribution:
+        return self.prior()
+
+    def latent_proposal(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> dist.TorchDistribution:
+        observed = observed.expand_as(x)
+        return self.posterior(x.where(observed, self.x_shift.to(x.dtype)), context, observed)
+
+    def observed_log_likelihood(
+        self, z: Tensor, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        observed = observed.expand_as(x)
+        x = x.where(observed, self.x_shift.to(x.dtype))  # a valid value in the cells not read
+        px = self.decode(z, context)
+        base = px.base_dist if isinstance(px, dist.Independent) else px
+        lp = base.log_prob(x).where(observed, 0.0)  # (..., N, *event)
+        return lp.flatten(lp.dim() - len(self.event_shape)).sum(-1)
+
+    def sample_given_latent(
+        self, z: Tensor, generator: torch.Generator | None, context: Tensor | None = None
+    ) -> Tensor:
+        return self._draw(self.decode(z, context), generator)
 
     # ---- sampling and hooks -------------------------------------------------------------
 

@@ -13,8 +13,9 @@ and the registry are :mod:`~ppgen.inference.objectives.base`): ``"mle"``
 (:mod:`~ppgen.inference.objectives.denoising`), ``"elbo"`` with one estimator class per
 variant (:mod:`~ppgen.inference.objectives.elbo`, ``trace_elbo``, ``jit_elbo``, ``renyi``; the
 Pyro internals they rely on in :mod:`~ppgen.inference.objectives.pyro_compat`), ``"renyi"``;
-``"adversarial"`` lives in :mod:`ppgen.inference.adversarial` (importable from here too). This
-package imports them in order, so :func:`make_objective` knows every name.
+``"miwae"`` (:mod:`~ppgen.inference.objectives.miwae`: incomplete data, the observed cells
+only); ``"adversarial"`` lives in :mod:`ppgen.inference.adversarial` (importable from here
+too). This package imports them in order, so :func:`make_objective` knows every name.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "Adversarial",
     "Denoising",
     "JitUnsupportedError",
+    "MIWAE",
     "MaximumLikelihood",
     "Renyi",
     "make_objective",
@@ -44,6 +46,7 @@ from ppgen.inference.objectives.base import (
 from ppgen.inference.objectives.denoising import Denoising
 from ppgen.inference.objectives.elbo import ELBO
 from ppgen.inference.objectives.jit_elbo import JitUnsupportedError
+from ppgen.inference.objectives.miwae import MIWAE
 from ppgen.inference.objectives.mle import MaximumLikelihood
 from ppgen.inference.objectives.renyi import Renyi
 from ppgen.inference.objectives.trace_elbo import TraceELBO  # noqa: F401 - registers

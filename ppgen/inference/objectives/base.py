@@ -30,6 +30,11 @@ class AbstractObjective(nn.Module, abc.ABC):
     """
 
     name: ClassVar[str]
+    #: True when :meth:`loss` and :meth:`validation_loss` take a keyword ``mask`` (bool, the
+    #: batch's shape, True = observed): the trainer then fits incomplete data (a dataset with
+    #: a ``mask``) with it, passing each batch's slice of the mask; other objectives are never
+    #: given one, and ``ppgen.fit`` refuses incomplete data for them before any work.
+    accepts_mask: ClassVar[bool] = False
 
     def __init__(self, model: AbstractGenerativeModel, **options: Any) -> None:
         super().__init__()

@@ -55,6 +55,7 @@ from ppgen.models.autoregressive.pixelcnn_layers import (
     _PixelCNNNet,
 )
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.conditioning import ExactConditional
 
 OutputKind = Literal["auto", "categorical", "logistic"]
 
@@ -145,7 +146,7 @@ class PixelCNNConfig(ModelConfig):
 # ---- the families -----------------------------------------------------------------------------
 
 
-class AbstractPixelCNN(AbstractGenerativeModel):
+class AbstractPixelCNN(AbstractGenerativeModel, ExactConditional):
     """What PixelCNN and Gated PixelCNN share: the output distributions, the exact
     ``log_prob``, the Pyro program and both samplers. The final classes choose the network.
 
@@ -155,6 +156,7 @@ class AbstractPixelCNN(AbstractGenerativeModel):
     """
 
     likelihood: ClassVar = "exact"
+    conditioning_methods: ClassVar = ("exact-ancestral", "gibbs")
     Config: ClassVar = PixelCNNConfig
     default_objective: ClassVar = "mle"
 
@@ -280,6 +282,60 @@ class AbstractPixelCNN(AbstractGenerativeModel):
             return self._sample_fast(u, context)
         finally:
             self.train(was_training)
+
+    # ---- conditioning (ppgen.impute) ----------------------------------------------------------
+
+    def _observed_sequence(self, observed: Tensor) -> Tensor:
+        """``observed`` in sampling order (raster over pixels, channels within a pixel)."""
+        return observed.to(self.net_device()).permute(1, 2, 0).reshape(-1)
+
+    def net_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def exact_conditional_reason(self, observed: Tensor) -> str | None:
+        seq = self._observed_sequence(observed)
+        if bool(seq[: int(seq.sum())].all()):
+            return None
+        return (
+            "the observed sub-pixels are not a prefix of PixelCNN's raster order (e.g. "
+            "bottom-half is; left-half is not)"
+        )
+
+    def log_prob_conditional(
+        self, x: Tensor, observed: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        r""":math:`\log p(x_m \mid x_o)`: the sum of the missing sub-pixels' conditionals."""
+        params = self.net(self._scale(x), context)
+        per = self._subpixel_log_prob(params, x)  # (N, C, H, W)
+        return (per * (~observed).to(per.dtype)).sum((1, 2, 3))
+
+    @torch.no_grad()
+    def sample_conditional(
+        self, x: Tensor, observed: Tensor, num_samples: int, generator: torch.Generator,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """The missing sub-pixels in raster order, each from its conditional given every
+        sub-pixel before it (one pass of the network per missing sub-pixel)."""
+        n, s = x.shape[0], num_samples
+        channels, height, width = self.config.event_shape
+        p = self.config.params_per_subpixel
+        out = x.repeat(s, 1, 1, 1)
+        ctx = None if context is None else context.repeat(s)
+        u = torch.rand((s * n, channels, height, width, 2), generator=generator,
+                       device=x.device, dtype=x.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            for r in range(height):
+                for c in range(width):
+                    for g in range(channels):
+                        if bool(observed[g, r, c]):
+                            continue
+                        params = self.net(self._scale(out), ctx)[:, g * p : (g + 1) * p, r, c]
+                        out[:, g, r, c] = self._draw(params, u[:, g, r, c])
+        finally:
+            self.train(was_training)
+        return out.reshape(s, n, channels, height, width)
 
     def _sample_naive(self, u: Tensor, context: Tensor | None) -> Tensor:
         n, channels, height, width, _ = u.shape

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ppgen.models.base import AbstractGenerativeModel, pyro_program
+from ppgen.models.conditioning import ReverseDiffusion
 from ppgen.models.diffusion.config import (
     BoundMethod,
     DDPMConfig,
@@ -101,7 +102,7 @@ class DiffusionBound:
         return float(self.mc_stderr.double().pow(2).sum().sqrt() / max(n, 1))
 
 
-class DDPM(AbstractGenerativeModel):
+class DDPM(AbstractGenerativeModel, ReverseDiffusion):
     r"""Denoising diffusion probabilistic model, a Pyro program with T latent states.
 
     ``model``/``guide`` are the reverse chain and the forward process (see the module docstring);
@@ -134,6 +135,7 @@ class DDPM(AbstractGenerativeModel):
     default_objective: ClassVar = "denoising"
     default_estimator: ClassVar = "elbo"
     probability_flow: ClassVar = True
+    conditioning_methods: ClassVar = ("repaint",)
 
     def __init__(self, config: DDPMConfig | None = None, **fields: Any) -> None:
         super().__init__(config, **fields)
@@ -703,6 +705,31 @@ class DDPM(AbstractGenerativeModel):
         else:
             x = sample_ddim(self.schedule, denoise, x, steps, eta, generator, **options)
         return self._decode(x)
+
+    # ---- the chain opened up for RePaint (ppgen.models.conditioning.ReverseDiffusion) ------
+
+    @property
+    def diffusion_timesteps(self) -> int:
+        return self.config.timesteps
+
+    def to_chain(self, x: Tensor) -> Tensor:
+        return self._encode(x)
+
+    def from_chain(self, y: Tensor) -> Tensor:
+        return self._decode(y)
+
+    def forward_noise(
+        self, y: Tensor, s: int, t: int, generator: torch.Generator | None
+    ) -> Tensor:
+        ab = self.schedule._host["alphas_cumprod"]
+        ratio = ab[t] / ab[s]
+        eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return math.sqrt(ratio) * y + math.sqrt(max(1.0 - ratio, 0.0)) * eps
+
+    def reverse_step(self, y: Tensor, t: int, generator: torch.Generator | None) -> Tensor:
+        mean, log_var = self._reverse(y, t)
+        eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return mean + _std(log_var, mean) * eps
 
 
 def _std(log_var: Tensor | float, like: Tensor) -> Tensor:

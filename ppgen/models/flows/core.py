@@ -54,8 +54,9 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
-from ppgen.datasets.transforms import DataTransform
+from ppgen.datasets.transforms import DataTransform, logit_transform
 from ppgen.models.base import AbstractGenerativeModel, ExplicitDensity, ModelConfig, pyro_program
+from ppgen.models.conditioning import DifferentiableDensity
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -580,7 +581,7 @@ class FlowConfig(ModelConfig):
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {self.logit_alpha}")
 
 
-class AbstractFlow(AbstractGenerativeModel):
+class AbstractFlow(AbstractGenerativeModel, DifferentiableDensity):
     r"""Shared body of the flow families: a :class:`Flow` in the model's space, plus the data
     transform (dequantization and logit for discrete data, with its log-det counted).
 
@@ -595,6 +596,7 @@ class AbstractFlow(AbstractGenerativeModel):
 
     likelihood: ClassVar = "exact"
     default_objective: ClassVar = "mle"
+    conditioning_methods: ClassVar = ("nuts",)
     allow_sequential: ClassVar[bool] = False
 
     def __init__(self, config: FlowConfig | None = None, **fields: Any) -> None:
@@ -621,6 +623,23 @@ class AbstractFlow(AbstractGenerativeModel):
         self._check_x(x)
         z, ladj = self.data_transform(x.to(self._dtype()))
         return self.flow(context).log_prob(z) + ladj
+
+    def continuous_log_prob(self, v: Tensor, context: Tensor | None = None) -> Tensor:
+        r"""The exact density of continuous points ``v`` (data units), differentiable in ``v``:
+        ``log_prob`` for continuous data; for discrete data with ``L`` levels the dequantized
+        density :math:`q(v)` on :math:`[0, L)^D`, the data transform without its noise
+        (``v = x + u``), for conditioning by NUTS (``ppgen.impute``)."""
+        v = v.to(self._dtype())
+        if self.config.kind == "continuous":
+            return self.flow(context).log_prob(v)
+        t = self.data_transform
+        levels = float(t.levels)
+        y = v / levels
+        ladj = v.new_full((v.shape[0],), -v[0].numel() * math.log(levels))
+        if t.logit_alpha is not None:
+            y, log_dz = logit_transform(y, t.logit_alpha)
+            ladj = ladj + log_dz.reshape(v.shape[0], -1).sum(1)
+        return self.flow(context).log_prob(y) + ladj
 
     def distribution(self, context: Tensor | None = None) -> Distribution:  # type: ignore[override]
         """The model's density as a distribution over the data as given: the flow itself for
