@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.flows import build_maf
 
 GANLoss = Literal["ns", "minimax", "hinge", "wgan-gp"]
 _LOSSES = ("ns", "minimax", "hinge", "wgan-gp")
@@ -286,14 +287,8 @@ class GAN(AbstractGenerativeModel):
         else:
             self.generator = _MLPGenerator(cfg.latent, cfg.num_dims, cfg.hidden)
         if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
-            from ppgen.models.flows import Flow, MaskedAffineAutoregressive
-
             k = cfg.latent
-            orders = [torch.arange(k) if i % 2 == 0 else torch.arange(k).flip(0)
-                      for i in range(cfg.transforms)]
-            self.prior_flow = Flow(
-                [MaskedAffineAutoregressive(k, 0, (4 * k, 4 * k), o) for o in orders], (k,)
-            )
+            self.prior_flow = build_maf(k, cfg.transforms, (4 * k, 4 * k))
         # The Gaussian observation model's scale, in the model's space (level units for
         # discrete data); a buffer so that a selected value travels with checkpoints.
         self.register_buffer("_observation_scale", torch.tensor(1.0))
