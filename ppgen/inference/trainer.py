@@ -1,7 +1,8 @@
 """One training loop for every family.
 
-:func:`fit` reads only the protocol: the model's declared ``default_objective`` and hooks
-(``initialize``, ``fit_defaults``, ``conditional``), and the objective's parameter groups,
+:func:`fit` reads only the protocol: the model's declarations (``default_objective``,
+``fit_defaults``, ``conditional``) and capabilities (``initialize`` of an
+:class:`~ppgen.models.capabilities.InitializesFromData`), and the objective's parameter groups,
 schedule and losses. It owns devices, minibatches, optimizers, gradient clipping, the
 non-finite guard, EMA, validation with best-checkpoint and early stopping, checkpoints and
 exact resume, progress bars, signals (Ctrl-C / SIGTERM save and stop cleanly), a lock on the
@@ -73,6 +74,7 @@ from ppgen.inference import distributed as dist_utils
 from ppgen.inference.objectives import AbstractObjective, make_objective
 from ppgen.inference.train_config import FitError, TrainConfig
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.capabilities import InitializesFromData
 
 
 class NonFiniteLossError(FitError):
@@ -601,10 +603,11 @@ def fit(
                 print(f"ppgen: {out_dir} has no checkpoint yet; starting from scratch",
                       file=sys.stderr)
             records.config(model, fit_args, run_info, keep=False)
-        if start == 0:
+        if start == 0 and isinstance(model, InitializesFromData):
             with torch.no_grad():
                 idx = batch_indices(len(x_train), batch_size, seed, 0)
                 model.initialize(x_train[idx].to(device=device, dtype=_dtype(model)))
+        if start == 0:
             if ema_state is not None:
                 ema_state = _EMA(model, ema)  # type: ignore[arg-type]
             streams.start()

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import ImplicitModel, InitializesFromData
 from ppgen.models.flows import build_maf
 
 GANLoss = Literal["ns", "minimax", "hinge", "wgan-gp"]
@@ -239,7 +240,7 @@ def _dcgan_discriminator_body(
     return nn.Sequential(*layers)
 
 
-class GAN(AbstractGenerativeModel):
+class GAN(AbstractGenerativeModel, ImplicitModel, InitializesFromData):
     r"""A GAN generator as a Pyro program: :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)`.
 
     An MLP generator for vector data, a small DCGAN-style generator for images ``(C, H, W)``

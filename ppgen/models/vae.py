@@ -34,6 +34,7 @@ from torch.distributions import constraints
 
 from ppgen.models.autoregressive import MADEDecoder
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.distributions import DiscretizedLogisticMixture
 from ppgen.models.flows import build_maf
 from ppgen.models.nets import MLP
@@ -187,7 +188,7 @@ class _ConvDecoder(nn.Module):
         return out.reshape(*lead, *out.shape[1:])
 
 
-class VAE(AbstractGenerativeModel):
+class VAE(AbstractGenerativeModel, InitializesFromData):
     r"""A variational autoencoder: Pyro ``model`` (prior, decoder) and ``guide`` (encoder).
 
     Likelihood: a **bound**. ``ppgen.evaluate`` reports IWAE-k (default k = 1000), a lower bound
