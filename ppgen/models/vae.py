@@ -23,6 +23,7 @@ __all__ = ["VAE", "VAEConfig", "DiscretizedLogisticMixture"]
 
 import dataclasses
 import math
+import warnings
 from typing import Any, ClassVar, Literal
 
 import pyro
@@ -344,14 +345,28 @@ class VAE(AbstractGenerativeModel, InitializesFromData):
         loc, raw, h = out[..., :latent], out[..., latent : 2 * latent], out[..., 2 * latent :]
         return loc, F.softplus(raw) + 1e-4, (h if h.shape[-1] else None)
 
-    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
-        """q(z | x), batch shape ``(N,)``, event shape ``(latent,)``: the diagonal Gaussian, or
-        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x)."""
+    def approximate_posterior(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> dist.TorchDistribution:
+        """q(z | x), the guide's distribution at ``"z"`` (not the model's posterior p(z | x),
+        which ``ppgen.posterior`` samples), batch shape ``(N,)``, event shape ``(latent,)``: the
+        diagonal Gaussian, or the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it,
+        conditioned on h(x)."""
         loc, scale, h = self._encode(x, context)
         base = dist.Normal(loc, scale, validate_args=False).to_event(1)
         if self.config.posterior == "gaussian":
             return base
         return _OwnDraws(self.posterior_flow(h, base=base))
+
+    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+        """Deprecated name of :meth:`approximate_posterior` ("posterior" alone names the
+        model's p(z | x), which ``ppgen.posterior`` samples)."""
+        warnings.warn(
+            "VAE.posterior(x) is deprecated; use VAE.approximate_posterior(x) (the same q(z | x))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.approximate_posterior(x, context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
         """p(x | z) with event shape ``event_shape``; ``z`` may carry leading particle dims,
@@ -409,7 +424,7 @@ class VAE(AbstractGenerativeModel, InitializesFromData):
         if x is None:
             raise ValueError("the guide q(z | x) needs data x")
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.posterior(x, context))
+            return pyro.sample("z", self.approximate_posterior(x, context))
 
     # ---- the bound, trace-free ------------------------------------------------------------
 
@@ -420,7 +435,7 @@ class VAE(AbstractGenerativeModel, InitializesFromData):
         random variables as the Pyro programs, without traces."""
         cfg = self.config
         if cfg.posterior == "iaf":
-            q = self.posterior(x, context)
+            q = self.approximate_posterior(x, context)
             z, log_q = q.flow.rsample_and_log_prob()  # one IAF pass, density of its own draw
             kl = (log_q - self.prior().log_prob(z)).unsqueeze(-1)
             return self.decode(z, context).log_prob(x), kl
