@@ -46,10 +46,12 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.nn.module import _PyroModuleMeta
 from torch import Tensor
 
+from ppgen.datasets.validation import check_batch
 from ppgen.models.capabilities import CAPABILITIES
 from ppgen.models.traces import log_weight_per_example, spread_over_examples
 
@@ -646,8 +648,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         (summing each site's log-density over event dims, keeping the data dim). Families with a
         closed-form or lower-variance bound (diffusion's KL sum) override it.
         """
-        from pyro import poutine
-
         guide_trace = poutine.trace(self.guide).get_trace(x, context)
         model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
             x, context
@@ -665,8 +665,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         ``log q(z) - log p(z)``); families with a closed-form KL (the VAE's Gaussian posterior
         and prior, one group per latent dimension) override it without traces.
         """
-        from pyro import poutine
-
         guide_trace = poutine.trace(self.guide).get_trace(x, context)
         model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
             x, context
@@ -789,8 +787,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
 
     def _check_x(self, x: Tensor) -> Tensor:
         """Validate a batch against the config: shape, finiteness, support. Raises ValueError."""
-        from ppgen.datasets.validation import check_batch
-
         return check_batch(x, self.config.event_shape, self.config.kind, self.config.levels)
 
 
