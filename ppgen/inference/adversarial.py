@@ -19,14 +19,16 @@ from torch import Tensor, nn
 
 from ppgen.inference.objectives.base import AbstractObjective, register_objective
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.capabilities import ImplicitModel, require
 
 
 @register_objective
 class Adversarial(AbstractObjective):
     r"""Adversarial training of an implicit model (a GAN's generator) against a discriminator.
 
-    The objective builds the discriminator ``D`` with the model's
-    :meth:`~ppgen.models.base.AbstractGenerativeModel.make_discriminator` hook and owns it, so it
+    The model must be an :class:`~ppgen.models.capabilities.ImplicitModel`. The objective builds
+    the discriminator ``D`` with its
+    :meth:`~ppgen.models.capabilities.ImplicitModel.make_discriminator` and owns it, so it
     lands in the training checkpoint; the trainer runs two parameter groups,
     ``"discriminator"`` (``D``) and ``"generator"`` (the model), each with its own Adam.
     Real and generated points come from one trace of the model's Pyro program
@@ -93,6 +95,8 @@ class Adversarial(AbstractObjective):
     )
 
     def __init__(self, model: AbstractGenerativeModel, **options: Any) -> None:
+        require(model, ImplicitModel, "the 'adversarial' objective")
+        assert isinstance(model, ImplicitModel)
         defaults = model.fit_defaults()
         if defaults.get("objective", model.default_objective) == self.name:
             options = {**defaults.get("objective_options", {}), **options}

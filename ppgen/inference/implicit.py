@@ -29,6 +29,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.capabilities import ImplicitModel
 
 
 class ImplicitSiteError(ValueError):
@@ -123,8 +124,8 @@ class _SmoothDelta(Messenger):
                 "the model's observed site 'x' is deterministic (a Delta: an implicit model); "
                 "its likelihood needs a Gaussian observation scale s: pass "
                 "observation_scale=s (e.g. from ppgen.inference.likelihood."
-                "select_observation_scale(model, val_data)) or give the model an "
-                "observation_scale property"
+                "select_observation_scale(model, val_data)) or set the model's "
+                "observation_scale (an ImplicitModel, ppgen.models.capabilities)"
             )
         msg["fn"] = dist.Normal(v, torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
                                 ).to_event(event_dim)
@@ -142,9 +143,11 @@ def smooth_delta(fn: Callable[..., Any], scale: float | None) -> Callable[..., A
 
 
 def resolve_observation_scale(model: AbstractGenerativeModel, scale: float | None) -> float | None:
-    """The Gaussian observation scale for an implicit model: the option, else the model's."""
+    """The Gaussian observation scale for an implicit model: the option, else the model's own
+    (an :class:`~ppgen.models.capabilities.ImplicitModel`'s ``observation_scale``); None for a
+    model that has neither (an explicit model, whose ``"x"`` site needs none)."""
     if scale is not None:
         if not scale > 0:
             raise ValueError(f"observation_scale must be positive, got {scale}")
         return float(scale)
-    return model.observation_scale
+    return model.observation_scale if isinstance(model, ImplicitModel) else None

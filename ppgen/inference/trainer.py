@@ -1,7 +1,8 @@
 """One training loop for every family.
 
-:func:`fit` reads only the protocol: the model's declared ``default_objective`` and hooks
-(``initialize``, ``fit_defaults``, ``conditional``), and the objective's parameter groups,
+:func:`fit` reads only the protocol: the model's declarations (``default_objective``,
+``fit_defaults``, ``conditional``) and capabilities (``initialize`` of an
+:class:`~ppgen.models.capabilities.InitializesFromData`), and the objective's parameter groups,
 schedule and losses. The pieces, in the order a reader meets them:
 
 - :func:`fit`: the settings (:class:`~ppgen.inference.train_config.TrainConfig`), the data
@@ -83,6 +84,7 @@ from ppgen.inference.objectives import AbstractObjective, make_objective
 from ppgen.inference.run_files import RunDirectory, RunExistsError
 from ppgen.inference.train_config import FitError, TrainConfig
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.capabilities import InitializesFromData
 
 
 class NonFiniteLossError(FitError):
@@ -672,10 +674,11 @@ class _Run:
         if self.run_dir is not None:
             self.run_dir.write_config(self._record(run_info), keep=resuming)
         if start == 0:
-            with torch.no_grad():
-                idx = batch_indices(len(x_train), self.cfg.batch_size, self.cfg.seed, 0)
-                self.model.initialize(
-                    x_train[idx].to(device=self.ctx.device, dtype=_dtype(self.model)))
+            if isinstance(self.model, InitializesFromData):
+                with torch.no_grad():
+                    idx = batch_indices(len(x_train), self.cfg.batch_size, self.cfg.seed, 0)
+                    self.model.initialize(
+                        x_train[idx].to(device=self.ctx.device, dtype=_dtype(self.model)))
             if self.ema is not None:
                 self.ema = _EMA(self.model, self.ema.decay)
             self.streams.start()

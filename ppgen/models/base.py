@@ -38,6 +38,7 @@ import math
 import numbers
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -45,10 +46,13 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.nn.module import _PyroModuleMeta
 from torch import Tensor
 
+from ppgen.datasets.validation import check_batch
+from ppgen.models.capabilities import CAPABILITIES
 from ppgen.models.traces import log_weight_per_example, spread_over_examples
 
 LikelihoodKind = Literal["exact", "bound", "none"]
@@ -411,18 +415,26 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         config: the frozen config the model was built from.
         event_shape: ``torch.Size`` of one data point.
 
-    Hooks with defaults (override where the family needs them):
-        :meth:`initialize` (data-dependent init, run once before the first training step),
-        :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
-        :meth:`denoising_loss` (the per-example loss of the ``"denoising"`` objective),
+    Members with defaults (override where the family needs them):
         :meth:`elbo` (per-example lower bound; the default uses model/guide traces),
-        :meth:`make_discriminator` (the critic adversarial training builds for an implicit model),
-        :meth:`estimator_defaults` (options a family wants for an estimator, e.g. AIS steps),
         :meth:`elbo_parts` (that bound split into a data term and KL terms, for beta/warm-up/
-        free bits; the default uses traces),
+        free bits; the default uses traces).
+
+    Declarations with defaults:
+        :meth:`fit_defaults` (trainer defaults, e.g. EMA for diffusion),
+        :meth:`estimator_defaults` (options a family wants for an estimator, e.g. AIS steps),
         :attr:`dequantizes` (True when a continuous density scores discrete data),
         :attr:`conditional` (True when ``model``/``sample`` take ``context``: the trainer then
-        passes the dataset's labels).
+        passes the dataset's labels), :attr:`context_classes`.
+
+    What only some families can do is a *capability* (:mod:`ppgen.models.capabilities`), which a
+    family declares among its bases and the shared layer checks with ``isinstance``:
+    :class:`~ppgen.models.capabilities.DenoisingModel` (``denoising_loss``),
+    :class:`~ppgen.models.capabilities.ImplicitModel` (``make_discriminator``,
+    ``observation_scale``), :class:`~ppgen.models.capabilities.InitializesFromData`
+    (``initialize``). These used to be hooks with defaults on this class; a subclass that still
+    defines one without declaring its capability is registered with it, with a
+    ``DeprecationWarning`` (:meth:`__init_subclass__`).
     """
 
     likelihood: ClassVar[LikelihoodKind]
@@ -440,6 +452,24 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
     #: Imputation methods (``ppgen.impute``) that apply to this family, most preferred first;
     #: see :mod:`ppgen.models.conditioning`. Empty: the family cannot be conditioned.
     conditioning_methods: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that defines a former protocol hook (``initialize``, ``denoising_loss``,
+        ``make_discriminator``, ``observation_scale``) without declaring its capability keeps
+        working: it is registered with the capability, and a ``DeprecationWarning`` says which
+        base to add."""
+        super().__init_subclass__(**kwargs)
+        for name, capability in CAPABILITIES.items():
+            if name in vars(cls) and not issubclass(cls, capability):
+                warnings.warn(
+                    f"{cls.__qualname__} defines {name!r} without declaring its capability; "
+                    f"declare it: class {cls.__name__}(..., {capability.__name__}) with "
+                    f"{capability.__name__} from ppgen.models.capabilities (the hook on "
+                    "AbstractGenerativeModel is deprecated)",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+                capability.register(cls)
 
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -631,8 +661,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         (summing each site's log-density over event dims, keeping the data dim). Families with a
         closed-form or lower-variance bound (diffusion's KL sum) override it.
         """
-        from pyro import poutine
-
         guide_trace = poutine.trace(self.guide).get_trace(x, context)
         model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
             x, context
@@ -650,8 +678,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         ``log q(z) - log p(z)``); families with a closed-form KL (the VAE's Gaussian posterior
         and prior, one group per latent dimension) override it without traces.
         """
-        from pyro import poutine
-
         guide_trace = poutine.trace(self.guide).get_trace(x, context)
         model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
             x, context
@@ -693,7 +719,7 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             "observed cells only)"
         )
 
-    # ---- hooks --------------------------------------------------------------------------------
+    # ---- declarations -------------------------------------------------------------------------
 
     @property
     def dequantizes(self) -> bool:
@@ -773,39 +799,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             return context
         return self.check_context(context, x.shape[0])
 
-    @property
-    def observation_scale(self) -> float | None:
-        """For implicit models (``likelihood = "none"``) whose ``"x"`` site is a deterministic
-        (Delta) function of the latents: the standard deviation ``s`` of the Gaussian observation
-        model ``p(x | z) = N(g(z), s^2 I)`` under which likelihood estimators (AIS) and latent
-        inversion (NUTS) score data (Wu et al. 2017, arXiv:1611.04273). None for models whose
-        ``"x"`` site has a real density."""
-        return None
-
-    def make_discriminator(self) -> torch.nn.Module:
-        """A fresh discriminator (critic) for adversarial training of an implicit model: a
-        module mapping a batch ``(N, *event_shape)`` in the space of the ``"x"`` site to scores
-        ``(N,)``. The ``"adversarial"`` objective builds and owns it (so it lands in the training
-        checkpoint). Default: a LeakyReLU MLP (128, 128) on the flattened points."""
-        from ppgen.models.nets import MLP
-
-        net = MLP(self.config.num_dims, 1, (128, 128), torch.nn.LeakyReLU)
-        return torch.nn.Sequential(torch.nn.Flatten(), net, torch.nn.Flatten(0))
-
-    def initialize(self, x: Tensor) -> None:  # noqa: B027 - a hook with an empty default
-        """Data-dependent initialization, called once on the first training batch (never again
-        on resume). Default: nothing."""
-
-    def denoising_loss(
-        self, x: Tensor, context: Tensor | None = None, **options: Any
-    ) -> Tensor:
-        """Per-example loss ``(N,)`` of the ``"denoising"`` objective (diffusion families, which
-        declare ``default_objective = "denoising"``). Default: this family has none."""
-        raise ValueError(
-            f"{type(self).__name__} has no denoising loss; fit it with its default objective "
-            f"{self.default_objective!r}"
-        )
-
     def ode_log_prob(
         self, x: Tensor, context: Tensor | None = None, **options: Any
     ) -> tuple[Tensor, str, tuple[str, ...]]:
@@ -840,8 +833,6 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
 
     def _check_x(self, x: Tensor) -> Tensor:
         """Validate a batch against the config: shape, finiteness, support. Raises ValueError."""
-        from ppgen.datasets.validation import check_batch
-
         return check_batch(x, self.config.event_shape, self.config.kind, self.config.levels)
 
 

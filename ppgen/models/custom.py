@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig
+from ppgen.models.capabilities import ImplicitModel
 from ppgen.models.traces import log_weight_per_example
 
 
@@ -279,7 +280,7 @@ class BoundPyroProgram(_PyroProgram):
     default_objective: ClassVar = "elbo"
 
 
-class ImplicitPyroProgram(_PyroProgram):
+class ImplicitPyroProgram(_PyroProgram, ImplicitModel):
     """A wrapped program with an implicit density (e.g. a deterministic generator)."""
 
     likelihood: ClassVar = "none"

@@ -51,7 +51,9 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import ImplicitModel, InitializesFromData
 from ppgen.models.conditioning import LatentObservationModel
+from ppgen.models.flows import build_maf
 
 GANLoss = Literal["ns", "minimax", "hinge", "wgan-gp"]
 _LOSSES = ("ns", "minimax", "hinge", "wgan-gp")
@@ -239,7 +241,7 @@ def _dcgan_discriminator_body(
     return nn.Sequential(*layers)
 
 
-class GAN(AbstractGenerativeModel, LatentObservationModel):
+class GAN(AbstractGenerativeModel, LatentObservationModel, ImplicitModel, InitializesFromData):
     r"""A GAN generator as a Pyro program: :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)`.
 
     An MLP generator for vector data, a small DCGAN-style generator for images ``(C, H, W)``
@@ -288,14 +290,8 @@ class GAN(AbstractGenerativeModel, LatentObservationModel):
         else:
             self.generator = _MLPGenerator(cfg.latent, cfg.num_dims, cfg.hidden)
         if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
-            from ppgen.models.flows import Flow, MaskedAffineAutoregressive
-
             k = cfg.latent
-            orders = [torch.arange(k) if i % 2 == 0 else torch.arange(k).flip(0)
-                      for i in range(cfg.transforms)]
-            self.prior_flow = Flow(
-                [MaskedAffineAutoregressive(k, 0, (4 * k, 4 * k), o) for o in orders], (k,)
-            )
+            self.prior_flow = build_maf(k, cfg.transforms, (4 * k, 4 * k))
         # The Gaussian observation model's scale, in the model's space (level units for
         # discrete data); a buffer so that a selected value travels with checkpoints.
         self.register_buffer("_observation_scale", torch.tensor(1.0))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.conditioning import ExactConditional
 
 
@@ -35,7 +36,7 @@ class IndependentConfig(ModelConfig):
     components: int = 1
 
 
-class Independent(AbstractGenerativeModel, ExactConditional):
+class Independent(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     """Independent per-dimension model: categorical, Bernoulli or Gaussian mixture.
 
     Its exact log-likelihood has a closed-form maximizer (the empirical frequencies), which

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ppgen.datasets.base import Dataset
 from ppgen.models.base import AbstractGenerativeModel, ConfigError, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 
 Covariance = Literal["full", "diag", "spherical"]
 
@@ -67,7 +68,7 @@ class MixtureConfig(ModelConfig):
     em_steps: int = 100
 
 
-class Mixture(AbstractGenerativeModel):
+class Mixture(AbstractGenerativeModel, InitializesFromData):
     """A finite mixture of Gaussians (continuous data) or of factorized categoricals (discrete).
 
     Parameters are unconstrained: mixture logits, component means and the Cholesky factor of

@@ -23,6 +23,7 @@ __all__ = ["VAE", "VAEConfig", "DiscretizedLogisticMixture"]
 
 import dataclasses
 import math
+import warnings
 from typing import Any, ClassVar, Literal
 
 import pyro
@@ -32,8 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ppgen.models.autoregressive import MADEDecoder
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.conditioning import AmortizedProposal, LatentObservationModel
+from ppgen.models.distributions import DiscretizedLogisticMixture
+from ppgen.models.flows import build_maf
 from ppgen.models.nets import MLP
 
 Decoder = Literal[
@@ -57,8 +62,8 @@ class VAEConfig(ModelConfig):
             continuous data), or one of ``bernoulli``, ``binomial``, ``categorical``,
             ``logistic_mixture`` (discrete/binary data) and ``gaussian`` (continuous data), or
             ``made``: an autoregressive decoder ``prod_d p(x_d | x_<d, z)`` for any
-            kind (a conditional MADE, ``ppgen.models.autoregressive.decoder``; sampling takes
-            D passes).
+            kind (a conditional MADE, ``ppgen.models.autoregressive.MADEDecoder``; sampling
+            takes D passes).
         logistic_components: mixture components of the ``logistic_mixture`` decoder.
         prior: ``"normal"`` (N(0, I)), ``"mixture"`` (a learned mixture of ``components``
             diagonal Gaussians) or ``"flow"`` (a learned flow; needs ``ppgen.models.flows``).
@@ -89,82 +94,6 @@ class VAEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # ``hidden=256`` is ``(256,)`` there, as for every family
-
-
-class DiscretizedLogisticMixture(dist.TorchDistribution):
-    r"""A mixture of logistics discretized to ``levels`` integer levels, per dimension
-    (Salimans et al. 2017, arXiv:1701.05517, eq. 2): level :math:`l` maps to
-    :math:`v = 2l/(L-1) - 1` and gets the logistic mass of :math:`[v - \delta, v + \delta]`,
-    :math:`\delta = 1/(L-1)`, with the edge levels taking the tails, so the masses sum to one.
-
-    Arguments:
-        logits: ``(..., K)`` mixture logits.
-        loc: ``(..., K)`` component locations in [-1, 1] units.
-        log_scale: ``(..., K)`` component log-scales.
-        levels: L.
-
-    Shapes:
-        batch shape ``logits.shape[:-1]``, event shape ``()``.
-    """
-
-    arg_constraints: ClassVar[dict] = {}
-    has_rsample = False
-
-    def __init__(
-        self, logits: Tensor, loc: Tensor, log_scale: Tensor, levels: int,
-        validate_args: bool | None = False,
-    ) -> None:
-        self.logits, self.loc, self.log_scale, self.levels = logits, loc, log_scale, levels
-        super().__init__(logits.shape[:-1], torch.Size(), validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=True, event_dim=0)
-    def support(self) -> constraints.Constraint:
-        return constraints.integer_interval(0, self.levels - 1)
-
-    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DiscretizedLogisticMixture:
-        shape = torch.Size(batch_shape) + self.logits.shape[-1:]
-        return DiscretizedLogisticMixture(
-            self.logits.expand(shape), self.loc.expand(shape), self.log_scale.expand(shape),
-            self.levels,
-        )
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        half = 1.0 / (self.levels - 1)
-        v = (2 * half * value - 1).unsqueeze(-1)  # (..., 1) in [-1, 1]
-        inv_s = torch.exp(-self.log_scale)
-        plus, minus = inv_s * (v - self.loc + half), inv_s * (v - self.loc - half)
-        log_cdf_plus = F.logsigmoid(plus)  # the lowest level takes the left tail
-        log_sf_minus = F.logsigmoid(-minus)  # the highest level takes the right tail
-        # log(sigmoid(plus) - sigmoid(minus)), stable: logsigmoid(plus) + log(1 - e^(d)) with
-        # d = logsigmoid(minus) - logsigmoid(plus) < 0
-        d = (F.logsigmoid(minus) - log_cdf_plus).clamp(max=-1e-12)
-        log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)),
-                               torch.log1p(-torch.exp(d)))
-        log_mid = log_cdf_plus + log1mexp
-        level = value.unsqueeze(-1)
-        lp = torch.where(level <= 0, log_cdf_plus,
-                         torch.where(level >= self.levels - 1, log_sf_minus, log_mid))
-        return torch.logsumexp(lp + torch.log_softmax(self.logits, -1), -1)
-
-    @property
-    def mean(self) -> Tensor:
-        levels = torch.arange(self.levels, dtype=self.loc.dtype, device=self.loc.device)
-        shape = (self.levels,) + (1,) * len(self.batch_shape)
-        lp = self.log_prob(levels.reshape(shape).expand((self.levels, *self.batch_shape)))
-        return (lp.exp() * levels.reshape(shape)).sum(0)
-
-    def sample(self, sample_shape: torch.Size = torch.Size(),  # noqa: B008
-               generator: torch.Generator | None = None) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        k = self.logits.shape[-1]
-        probs = torch.softmax(self.logits, -1).expand(shape + (k,)).reshape(-1, k)
-        comp = torch.multinomial(probs, 1, generator=generator).reshape(shape + (1,))
-        loc = self.loc.expand(shape + (k,)).gather(-1, comp)[..., 0]
-        log_s = self.log_scale.expand(shape + (k,)).gather(-1, comp)[..., 0]
-        u = torch.rand(shape, generator=generator, dtype=loc.dtype, device=loc.device)
-        u = u.clamp(1e-5, 1 - 1e-5)
-        v = (loc + log_s.exp() * (torch.log(u) - torch.log1p(-u))).clamp(-1, 1)
-        return torch.round((v + 1) / 2 * (self.levels - 1))
 
 
 class _LevelCategorical(dist.Categorical):
@@ -261,7 +190,7 @@ class _ConvDecoder(nn.Module):
         return out.reshape(*lead, *out.shape[1:])
 
 
-class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
+class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal, InitializesFromData):
     r"""A variational autoencoder: Pyro ``model`` (prior, decoder) and ``guide`` (encoder).
 
     Likelihood: a **bound**. ``ppgen.evaluate`` reports IWAE-k (default k = 1000), a lower bound
@@ -315,8 +244,6 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
         # an IAF posterior reads a context h(x) from the encoder besides the base Gaussian
         features = (cfg.hidden[-1] if cfg.hidden else 2 * latent) if cfg.posterior == "iaf" else 0
         if self.decoder_kind == "made":  # encoder as configured; the decoder is autoregressive
-            from ppgen.models.autoregressive.decoder import MADEDecoder
-
             self.decoder = MADEDecoder(cfg.event_shape, cfg.kind, cfg.levels,
                                        tuple(reversed(cfg.hidden)), latent + classes)
         if cfg.net == "conv":
@@ -345,22 +272,12 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
             self.prior_logits = nn.Parameter(torch.zeros(cfg.components))
             self.prior_loc = nn.Parameter(torch.randn(cfg.components, latent, generator=g))
             self.prior_log_scale = nn.Parameter(torch.zeros(cfg.components, latent))
-        if cfg.posterior == "iaf" or cfg.prior == "flow":
-            from ppgen.models.flows import Flow, MaskedAffineAutoregressive
-
-            orders = [torch.arange(latent) if i % 2 == 0 else torch.arange(latent).flip(0)
-                      for i in range(cfg.transforms)]
-            made = tuple(cfg.hidden) or (4 * latent,)
-            if cfg.posterior == "iaf":  # sampling in one pass; scoring other points sequential
-                self.posterior_flow = Flow(
-                    [MaskedAffineAutoregressive(latent, features, made, o, inverted=True)
-                     for o in orders],
-                    (latent,), allow_sequential=True,
-                )
-            if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
-                self.prior_flow = Flow(
-                    [MaskedAffineAutoregressive(latent, 0, made, o) for o in orders], (latent,)
-                )
+        made = tuple(cfg.hidden) or (4 * latent,)  # the flows' MADE widths
+        if cfg.posterior == "iaf":  # sampling in one pass; scoring other points sequential
+            self.posterior_flow = build_maf(latent, cfg.transforms, made, context=features,
+                                            inverted=True, allow_sequential=True)
+        if cfg.prior == "flow":  # MAF orientation: the prior density in one pass
+            self.prior_flow = build_maf(latent, cfg.transforms, made)
         # constants as buffers, so .to(device/dtype) moves them: the input standardization
         # (set from data by initialize() for continuous data) and the prior's zero mean
         self.register_buffer("x_shift", torch.zeros(cfg.event_shape))
@@ -435,18 +352,29 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
         loc, raw, h = out[..., :latent], out[..., latent : 2 * latent], out[..., 2 * latent :]
         return loc, F.softplus(raw) + 1e-4, (h if h.shape[-1] else None)
 
-    def posterior(
+    def approximate_posterior(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None
     ) -> dist.TorchDistribution:
-        """q(z | x), batch shape ``(N,)``, event shape ``(latent,)``: the diagonal Gaussian, or
-        the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it, conditioned on h(x).
-        With ``mask`` (True = observed) the encoder sees the missing cells as zeros in its
-        standardized input, q(z | x_obs) of MIWAE (Mattei & Frellsen 2019)."""
+        """q(z | x), the guide's distribution at ``"z"`` (not the model's posterior p(z | x),
+        which ``ppgen.posterior`` samples), batch shape ``(N,)``, event shape ``(latent,)``: the
+        diagonal Gaussian, or the IAF (Kingma et al. 2016, arXiv:1606.04934) on top of it,
+        conditioned on h(x). With ``mask`` (True = observed) the encoder sees the missing cells
+        as zeros in its standardized input, q(z | x_obs) of MIWAE (Mattei & Frellsen 2019)."""
         loc, scale, h = self._encode(x, context, mask)
         base = dist.Normal(loc, scale, validate_args=False).to_event(1)
         if self.config.posterior == "gaussian":
             return base
         return _OwnDraws(self.posterior_flow(h, base=base))
+
+    def posterior(self, x: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
+        """Deprecated name of :meth:`approximate_posterior` ("posterior" alone names the
+        model's p(z | x), which ``ppgen.posterior`` samples)."""
+        warnings.warn(
+            "VAE.posterior(x) is deprecated; use VAE.approximate_posterior(x) (the same q(z | x))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.approximate_posterior(x, context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> dist.TorchDistribution:
         """p(x | z) with event shape ``event_shape``; ``z`` may carry leading particle dims,
@@ -476,7 +404,7 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
             assert levels is not None
             logits, loc, log_scale = out.chunk(3, -1)
             return DiscretizedLogisticMixture(logits, torch.tanh(loc), log_scale.clamp(min=-7),
-                                              levels)
+                                              levels, validate_args=False)
         loc, raw = out[..., 0], out[..., 1]
         scale = (F.softplus(raw) + _MIN_SCALE) * self.x_scale
         return dist.Normal(self.x_shift + self.x_scale * loc, scale, validate_args=False)
@@ -504,7 +432,7 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
         if x is None:
             raise ValueError("the guide q(z | x) needs data x")
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.posterior(x, context))
+            return pyro.sample("z", self.approximate_posterior(x, context))
 
     # ---- the bound, trace-free ------------------------------------------------------------
 
@@ -515,7 +443,7 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
         random variables as the Pyro programs, without traces."""
         cfg = self.config
         if cfg.posterior == "iaf":
-            q = self.posterior(x, context)
+            q = self.approximate_posterior(x, context)
             z, log_q = q.flow.rsample_and_log_prob()  # one IAF pass, density of its own draw
             kl = (log_q - self.prior().log_prob(z)).unsqueeze(-1)
             return self.decode(z, context).log_prob(x), kl
@@ -573,7 +501,8 @@ class VAE(AbstractGenerativeModel, LatentObservationModel, AmortizedProposal):
         self, x: Tensor, observed: Tensor, context: Tensor | None = None
     ) -> dist.TorchDistribution:
         observed = observed.expand_as(x)
-        return self.posterior(x.where(observed, self.x_shift.to(x.dtype)), context, observed)
+        return self.approximate_posterior(x.where(observed, self.x_shift.to(x.dtype)), context,
+                                          observed)
 
     def observed_log_likelihood(
         self, z: Tensor, x: Tensor, observed: Tensor, context: Tensor | None = None

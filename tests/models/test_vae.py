@@ -248,7 +248,7 @@ def test_iaf_posterior_scores_its_own_draws_exactly(net):
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
     x = ds.data.double()
-    q = m.posterior(x)
+    q = m.approximate_posterior(x)
     z = q.rsample()
     assert torch.allclose(q.log_prob(z), q.log_prob(z.clone()), atol=1e-9)
     tr = poutine.trace(m.guide).get_trace(x)

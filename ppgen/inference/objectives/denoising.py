@@ -11,12 +11,14 @@ from torch import Tensor
 
 from ppgen.inference.objectives.base import AbstractObjective, register_objective
 from ppgen.models.base import AbstractGenerativeModel
+from ppgen.models.capabilities import DenoisingModel, require
 
 
 @register_objective
 class Denoising(AbstractObjective):
     r"""The denoising objective of diffusion models: the model's per-example
-    ``denoising_loss`` at one random time per example, averaged over the batch.
+    ``denoising_loss`` at one random time per example, averaged over the batch. The model must
+    be a :class:`~ppgen.models.capabilities.DenoisingModel`.
 
     Options (passed to the model's ``denoising_loss``): ``loss`` (``"simple"``, the
     simplified epsilon loss :math:`L_\text{simple}` of Ho et al., the default with fixed
@@ -42,11 +44,7 @@ class Denoising(AbstractObjective):
     name = "denoising"
 
     def __init__(self, model: AbstractGenerativeModel, **options: Any) -> None:
-        if model.default_objective != "denoising":
-            raise ValueError(
-                f"the 'denoising' objective trains diffusion models; {type(model).__name__}'s "
-                f"default objective is {model.default_objective!r}"
-            )
+        require(model, DenoisingModel, "the 'denoising' objective")
         unknown = sorted(set(options) - {"loss", "vlb_weight"})
         if unknown:
             raise ValueError(f"unknown denoising option {unknown[0]!r}; known: loss, vlb_weight")
@@ -62,10 +60,12 @@ class Denoising(AbstractObjective):
         group: str,
         step: int,
     ) -> Tensor:
+        assert isinstance(model, DenoisingModel)  # checked when the objective was made
         return model.denoising_loss(x, context, **self.options).mean()
 
     def validation_loss(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
     ) -> Tensor:
+        assert isinstance(model, DenoisingModel)
         generator = torch.Generator(device=x.device).manual_seed(0)
         return model.denoising_loss(x, context, generator=generator, **self.options).mean()

@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = ["Renyi", "RenyiELBO"]
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -40,12 +41,12 @@ class RenyiELBO(ELBOVariant):
     def loss(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None, beta: float
     ) -> Tensor:
-        return -self.bound(model, x, context).mean()
+        return -self.lower_bound(model, x, context).mean()
 
-    def bound(
+    def lower_bound(
         self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
     ) -> Tensor:
-        """The per-example Renyi bound, ``(N,)``."""
+        """The per-example Renyi bound, ``(N,)`` (a lower bound on log p(x) for alpha >= 0)."""
         if self._nesting is None:
             _, gt, self._nesting = probe(model.model, model.guide, x, context)
             assert gt is not None
@@ -65,6 +66,17 @@ class RenyiELBO(ELBOVariant):
             return log_w.mean(0)
         a = 1.0 - alpha
         return (torch.logsumexp(a * log_w, 0) - k) / a
+
+    def bound(
+        self, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """Deprecated name of :meth:`lower_bound` (one name for a lower bound)."""
+        warnings.warn(
+            "RenyiELBO.bound is deprecated; use RenyiELBO.lower_bound (the same value)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.lower_bound(model, x, context)
 
 
 @register_objective

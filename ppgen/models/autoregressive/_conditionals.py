@@ -19,13 +19,14 @@ __all__ = ["draw_noise", "log_prob_dims", "num_params", "sample_dims", "softplus
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ppgen.models.distributions import softplus
+
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-# Log-scales are clamped below (as PixelCNN++'s, twin in pixelcnn_layers.py): without it an input
-# far from the data (|x| ~ 1e3) meets a scale of e^-40 and (x - loc)^2 / scale^2 overflows
-# float32, giving log p = -inf instead of a finite value.
+# Log-scales are clamped below (as PixelCNN++'s, twin in ppgen/models/distributions.py): without
+# it an input far from the data (|x| ~ 1e3) meets a scale of e^-40 and (x - loc)^2 / scale^2
+# overflows float32, giving log p = -inf instead of a finite value.
 _LOG_SCALE_MIN = -7.0
 
 
@@ -37,13 +38,6 @@ def num_params(kind: str, levels: int | None, components: int) -> int:
         assert levels is not None
         return levels
     return 3 * components
-
-
-def softplus(x: Tensor) -> Tensor:
-    r""":math:`\log(1 + e^x)` to full precision. ``F.softplus`` returns ``x`` itself above
-    ``x = 20``, an error of :math:`e^{-x}` (up to 2e-9 nats per dimension), which a float64
-    check that the conditionals sum to one over every point sees; ``logsigmoid`` is exact."""
-    return -F.logsigmoid(-x)
 
 
 def log_prob_dims(params: Tensor, x: Tensor, kind: str) -> Tensor:

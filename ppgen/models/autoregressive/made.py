@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ppgen.models.autoregressive import _conditionals as cond
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.conditioning import ExactConditional
 from ppgen.models.nets import MaskedMLP
 
@@ -100,7 +101,7 @@ class MADEConfig(ModelConfig):
         return self.num_masks if self.ensemble is None else self.ensemble
 
 
-class MADE(AbstractGenerativeModel, ExactConditional):
+class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     r"""MADE with order-agnostic training and a mask ensemble: an exact density.
 
     In ``train()`` mode each :meth:`log_prob` call uses the next mask in turn (a counter buffer,

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ppgen.models.autoregressive import _conditionals as cond
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.conditioning import ExactConditional
 
 
@@ -80,7 +81,7 @@ class NADEConfig(ModelConfig):
             raise ValueError(f"activation must be 'sigmoid' or 'relu', got {self.activation!r}")
 
 
-class NADE(AbstractGenerativeModel, ExactConditional):
+class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     r"""NADE (binary and discrete data) and RNADE (continuous data): an exact density.
 
     Arguments:

@@ -48,14 +48,13 @@ import torch
 from torch import Tensor
 
 from ppgen.models.autoregressive.pixelcnn_layers import (
-    DiscretizedLogisticMixture,
     _GatedPixelCNNNet,
-    _inverse_cdf,
     _Net,
     _PixelCNNNet,
 )
 from ppgen.models.base import AbstractGenerativeModel, ModelConfig, pyro_program
 from ppgen.models.conditioning import ExactConditional
+from ppgen.models.distributions import DiscretizedLogisticMixture, inverse_cdf
 
 OutputKind = Literal["auto", "categorical", "logistic"]
 
@@ -207,7 +206,7 @@ class AbstractPixelCNN(AbstractGenerativeModel, ExactConditional):
         """One sub-pixel per row from its parameters ``(N, P)`` and uniforms ``(N, 2)``."""
         cfg = self.config
         if cfg.output_kind == "categorical":
-            return _inverse_cdf(params, u[:, 0]).to(u.dtype)
+            return inverse_cdf(params, u[:, 0]).to(u.dtype)
         k = cfg.components
         d = DiscretizedLogisticMixture(
             params[:, :k],

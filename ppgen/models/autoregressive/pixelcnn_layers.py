@@ -1,6 +1,8 @@
 """Layers of PixelCNN and Gated PixelCNN: causal masks, masked convolutions with incremental
-(one pixel, one row) evaluation for fast sampling, the discretized logistic mixture, and the two
-causal networks. The families themselves live in :mod:`ppgen.models.autoregressive.pixelcnn`.
+(one pixel, one row) evaluation for fast sampling, and the two causal networks. The families
+themselves live in :mod:`ppgen.models.autoregressive.pixelcnn`; their output distribution, the
+discretized logistic mixture, is shared with the VAE and lives in
+:mod:`ppgen.models.distributions` (re-exported here under its old name).
 """
 
 from __future__ import annotations
@@ -13,22 +15,19 @@ __all__ = [
 ]
 
 import abc
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import constraints
 
-from ppgen.models.autoregressive._conditionals import softplus
 from ppgen.models.base import building_on_meta
+from ppgen.models.distributions import DiscretizedLogisticMixture
 
 if TYPE_CHECKING:
     from ppgen.models.autoregressive.pixelcnn import PixelCNNConfig
 
 MaskType = Literal["A", "B"]
-_LOG_SCALE_MIN, _LOG_SCALE_MAX = -7.0, 7.0  # logistic scales in units of the [-1, 1] data range
 
 
 # ---- masked convolutions ----------------------------------------------------------------------
@@ -169,121 +168,6 @@ def _at(canvas: Tensor, margin: int, r: int, c: int) -> Tensor:
 
 def _put(canvas: Tensor, margin: int, r: int, c: int, value: Tensor) -> None:
     canvas[:, :, margin + r, margin + c] = value
-
-
-# ---- output distributions ---------------------------------------------------------------------
-
-
-def _inverse_cdf(logits: Tensor, u: Tensor) -> Tensor:
-    """The categorical draw ``#{k : F(k) < u}`` (inverse CDF) for uniforms ``u``.
-
-    Shapes: ``logits`` ``(..., K)``, ``u`` ``(...)`` -> ``(...)``.
-    """
-    cdf = logits.softmax(-1).cumsum(-1)
-    return (cdf < u[..., None]).sum(-1).clamp(max=logits.shape[-1] - 1)
-
-
-class DiscretizedLogisticMixture(dist.TorchDistribution):
-    r"""A mixture of logistics discretized to ``levels`` integer bins (Salimans et al. 2017).
-
-    Level ``x`` sits at :math:`y = 2x/(L-1) - 1 \in [-1, 1]` with bin half-width
-    :math:`\delta = 1/(L-1)`; the edge bins extend to :math:`\pm\infty`, so the probabilities of
-    the ``L`` levels sum to one exactly:
-
-    .. math::
-
-        P(x) = \sum_k \pi_k \left[\sigma\!\left(\frac{y + \delta - \mu_k}{s_k}\right)
-               - \sigma\!\left(\frac{y - \delta - \mu_k}{s_k}\right)\right].
-
-    The difference of sigmoids is evaluated in log space without cancellation,
-    :math:`\log(\sigma(a) - \sigma(b)) = a + \log(1 - e^{b-a}) - \mathrm{sp}(a) - \mathrm{sp}(b)`
-    with :math:`\mathrm{sp}` the softplus, so no bin falls back to a density approximation.
-    ``log_scale`` is clamped to ``[-7, 7]``.
-
-    Arguments:
-        logits: mixture logits, ``(..., K)``.
-        loc: component locations on the ``[-1, 1]`` scale, ``(..., K)``.
-        log_scale: component log-scales, ``(..., K)``.
-        levels: the number of levels ``L``.
-
-    References:
-        Salimans et al. (2017), "PixelCNN++", arXiv:1701.05517, section 2.1.
-
-    Example:
-        >>> d = DiscretizedLogisticMixture(torch.zeros(2), torch.tensor([-0.5, 0.5]),
-        ...                                torch.full((2,), -2.0), levels=256)
-        >>> round(float(d.log_prob(torch.arange(256.0)).exp().sum()), 5)
-        1.0
-    """
-
-    arg_constraints: ClassVar[dict] = {
-        "logits": constraints.real_vector,
-        "loc": constraints.real_vector,
-        "log_scale": constraints.real_vector,
-    }
-    has_rsample = False
-
-    def __init__(
-        self,
-        logits: Tensor,
-        loc: Tensor,
-        log_scale: Tensor,
-        levels: int,
-        validate_args: bool | None = None,
-    ) -> None:
-        self.logits, self.loc, self.log_scale = torch.broadcast_tensors(logits, loc, log_scale)
-        self.levels = int(levels)
-        super().__init__(self.logits.shape[:-1], torch.Size(), validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=True, event_dim=0)
-    def support(self) -> constraints.Constraint:
-        return constraints.integer_interval(0, self.levels - 1)
-
-    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DiscretizedLogisticMixture:
-        shape = torch.Size(batch_shape) + self.logits.shape[-1:]
-        return DiscretizedLogisticMixture(
-            self.logits.expand(shape),
-            self.loc.expand(shape),
-            self.log_scale.expand(shape),
-            self.levels,
-        )
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        levels = self.levels
-        x = value[..., None]
-        half = 1.0 / (levels - 1)
-        inv_s = torch.exp(-self.log_scale.clamp(_LOG_SCALE_MIN, _LOG_SCALE_MAX))
-        y = 2.0 * half * x - 1.0
-        upper = (y + half - self.loc) * inv_s  # a: the bin's upper edge, standardized
-        lower = (y - half - self.loc) * inv_s  # b = a - 2 delta / s
-        # log(sigma(a) - sigma(b)), stable for every a > b; b - a is formed directly, not by
-        # subtraction, so it never rounds to 0
-        mid = upper + torch.log(-torch.expm1(-2.0 * half * inv_s)) - softplus(upper)
-        mid = mid - softplus(lower)
-        log_cdf_upper = -softplus(-upper)  # x = 0: P = sigma(a)
-        log_sf_lower = -softplus(lower)  # x = L - 1: P = 1 - sigma(b)
-        lp = torch.where(x <= 0, log_cdf_upper, torch.where(x >= levels - 1, log_sf_lower, mid))
-        return torch.logsumexp(self.logits.log_softmax(-1) + lp, dim=-1)
-
-    def draw(self, u: Tensor) -> Tensor:
-        """The sample that uniforms ``u`` of shape ``(*batch_shape, 2)`` map to: ``u[..., 0]``
-        picks the component by inverse CDF, ``u[..., 1]`` the logistic by its quantile function;
-        the result is rounded to its bin."""
-        k = _inverse_cdf(self.logits, u[..., 0])[..., None]
-        loc = self.loc.gather(-1, k)[..., 0]
-        log_s = self.log_scale.clamp(_LOG_SCALE_MIN, _LOG_SCALE_MAX).gather(-1, k)[..., 0]
-        tiny = torch.finfo(u.dtype).eps
-        v = u[..., 1].clamp(tiny, 1.0 - tiny)
-        y = loc + log_s.exp() * (torch.log(v) - torch.log1p(-v))
-        return ((y + 1.0) * (self.levels - 1) / 2.0).round().clamp(0, self.levels - 1)
-
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        with torch.no_grad():
-            u = torch.rand(*shape, 2, dtype=self.loc.dtype, device=self.loc.device)
-            return self.expand(shape).draw(u)
 
 
 # ---- the networks -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ppgen.models.base import AbstractGenerativeModel, pyro_program
+from ppgen.models.capabilities import DenoisingModel, InitializesFromData
 from ppgen.models.conditioning import ReverseDiffusion
 from ppgen.models.diffusion.config import (
     BoundMethod,
@@ -102,7 +103,7 @@ class DiffusionBound:
         return float(self.mc_stderr.double().pow(2).sum().sqrt() / max(n, 1))
 
 
-class DDPM(AbstractGenerativeModel, ReverseDiffusion):
+class DDPM(AbstractGenerativeModel, ReverseDiffusion, DenoisingModel, InitializesFromData):
     r"""Denoising diffusion probabilistic model, a Pyro program with T latent states.
 
     ``model``/``guide`` are the reverse chain and the forward process (see the module docstring);

@@ -6,7 +6,8 @@ factor-out, invertible 1x1 convolution), ``coupling`` (NICE, RealNVP), ``glow``,
 ``autoregressive`` (MAF, IAF) and ``ffjord``.
 
 The layers are building blocks: compose them with :class:`Flow` into a conditional
-distribution, e.g. an IAF posterior for a VAE or a MAF prior.
+distribution. :func:`build_maf` is the public builder other families compose (the VAE's IAF
+posterior and MAF prior, the GAN's MAF prior): a family imports it, never the layers' internals.
 
 Example:
     >>> import torch
@@ -54,7 +55,10 @@ __all__ = [
     "SequentialDensityError",
     "Squeeze",
     "StandardNormal",
+    "alternating_orders",
+    "build_maf",
     "flow_sample",
+    "maf_layers",
 ]
 
 from ppgen.models.flows.autoregressive import (
@@ -63,6 +67,9 @@ from ppgen.models.flows.autoregressive import (
     IAFConfig,
     MAFConfig,
     MaskedAffineAutoregressive,
+    alternating_orders,
+    build_maf,
+    maf_layers,
 )
 from ppgen.models.flows.core import (
     AbstractFlow,

@@ -33,6 +33,9 @@ __all__ = [
     "MAF",
     "MAFConfig",
     "MaskedAffineAutoregressive",
+    "alternating_orders",
+    "build_maf",
+    "maf_layers",
 ]
 
 import dataclasses
@@ -45,6 +48,7 @@ from torch import Tensor, nn
 
 from ppgen.models.flows.core import (
     AbstractFlow,
+    Flow,
     FlowConfig,
     FlowTransform,
     LazyTransform,
@@ -314,13 +318,73 @@ class MaskedAffineAutoregressive(LazyTransform):
         return f"{kind}, features={self.features}, blocks={self.blocks}"
 
 
-# ---- the families -------------------------------------------------------------------------------
+# ---- the builder other families compose ------------------------------------------------------
 
 
-def _orders(features: int, transforms: int) -> list[Tensor]:
-    """Identity and reversed orders, alternating (Papamakarios et al. 2017)."""
+def alternating_orders(features: int, transforms: int) -> list[Tensor]:
+    """Identity and reversed orders, alternating (Papamakarios et al. 2017): ``transforms``
+    permutations of ``range(features)``, so every dimension is conditioned on every other one
+    after two layers."""
     ident = torch.arange(features)
     return [ident if i % 2 == 0 else ident.flip(0) for i in range(transforms)]
+
+
+def maf_layers(
+    features: int,
+    transforms: int,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    context: int = 0,
+    inverted: bool = False,
+    soft_clamp: float = 3.0,
+) -> list[MaskedAffineAutoregressive]:
+    """``transforms`` :class:`MaskedAffineAutoregressive` layers over ``features`` dimensions
+    in :func:`alternating_orders`, built in order (so a seeded build draws the same weights):
+    the body of the MAF and IAF families and of :func:`build_maf`."""
+    return [MaskedAffineAutoregressive(features, context, hidden, order, inverted=inverted,
+                                       soft_clamp=soft_clamp)
+            for order in alternating_orders(features, transforms)]
+
+
+def build_maf(
+    features: int,
+    transforms: int,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    context: int = 0,
+    inverted: bool = False,
+    soft_clamp: float = 3.0,
+    allow_sequential: bool = False,
+) -> Flow:
+    r"""A masked autoregressive flow over vectors of ``features`` dimensions, as a lazy
+    :class:`~ppgen.models.flows.core.Flow`: the public builder other families compose (a VAE's
+    flow prior or IAF posterior, a GAN's flow prior) instead of stacking layers by hand.
+
+    Arguments:
+        features: D, the dimension of the vectors (a latent code).
+        transforms: the number of affine autoregressive layers, in alternating orders.
+        hidden: the MADE hidden widths of every layer.
+        context: the width of the context features every layer reads (0: none), e.g. an
+            encoder's features ``h(x)`` for an IAF posterior.
+        inverted: the IAF orientation (sampling, and the density of the flow's own draws, in
+            one pass; the density of other points sequential); MAF (``False``) scores any point
+            in one pass and samples sequentially.
+        soft_clamp: the bound of the autoregressive log-scales.
+        allow_sequential: let ``log_prob`` take the sequential direction (an IAF that must
+            score points it did not draw); see :class:`~ppgen.models.flows.core.NormalizingFlow`.
+
+    Example:
+        >>> prior = build_maf(3, transforms=2, hidden=[16])
+        >>> z = prior().rsample((5,))
+        >>> prior().log_prob(z).shape
+        torch.Size([5])
+    """
+    layers = maf_layers(features, transforms, hidden, context=context, inverted=inverted,
+                        soft_clamp=soft_clamp)
+    return Flow(layers, (features,), allow_sequential=allow_sequential)
+
+
+# ---- the families -------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -360,8 +424,7 @@ class MAF(AbstractFlow):
         cfg = self.config
         d = cfg.num_dims
         layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
-        layers += [MaskedAffineAutoregressive(d, 0, cfg.hidden, order, soft_clamp=cfg.soft_clamp)
-                   for order in _orders(d, cfg.transforms)]
+        layers += maf_layers(d, cfg.transforms, cfg.hidden, soft_clamp=cfg.soft_clamp)
         return layers, (d,)
 
 
@@ -409,9 +472,8 @@ class IAF(AbstractFlow):
         cfg = self.config
         d = cfg.num_dims
         layers = input_layers(cfg.event_shape, "vector", cfg.standardize, cfg.whitens)
-        layers += [MaskedAffineAutoregressive(d, 0, cfg.hidden, order, inverted=True,
-                                              soft_clamp=cfg.soft_clamp)
-                   for order in _orders(d, cfg.transforms)]
+        layers += maf_layers(d, cfg.transforms, cfg.hidden, inverted=True,
+                             soft_clamp=cfg.soft_clamp)
         return layers, (d,)
 
     def extra_repr(self) -> str:

@@ -56,6 +56,7 @@ from torch.distributions import Distribution, Transform, constraints
 
 from ppgen.datasets.transforms import DataTransform, logit_transform
 from ppgen.models.base import AbstractGenerativeModel, ExplicitDensity, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.conditioning import DifferentiableDensity
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -581,7 +582,7 @@ class FlowConfig(ModelConfig):
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {self.logit_alpha}")
 
 
-class AbstractFlow(AbstractGenerativeModel, DifferentiableDensity):
+class AbstractFlow(AbstractGenerativeModel, DifferentiableDensity, InitializesFromData):
     r"""Shared body of the flow families: a :class:`Flow` in the model's space, plus the data
     transform (dequantization and logit for discrete data, with its log-det counted).
 

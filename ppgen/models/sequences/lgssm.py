@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ppgen.datasets.transforms import DataTransform
 from ppgen.models.base import ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.sequences.common import SequenceModel
 
 _MIN_SCALE = 1e-3
@@ -61,7 +62,7 @@ def _inverse_scale(value: float) -> float:
     return v + math.log(-math.expm1(-v))
 
 
-class LGSSM(SequenceModel):
+class LGSSM(SequenceModel, InitializesFromData):
     """Linear-Gaussian state-space model scored by Kalman filtering (Pyro's ``GaussianHMM``).
 
     Example:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ppgen.models.base import ConfigError, ModelConfig, pyro_program
+from ppgen.models.capabilities import InitializesFromData
 from ppgen.models.sequences.common import SequenceModel
 
 _MIN_LOG_SCALE = -7.0
@@ -57,7 +58,7 @@ class SeqARConfig(ModelConfig):
             )
 
 
-class SeqAR(SequenceModel):
+class SeqAR(SequenceModel, InitializesFromData):
     """GRU autoregressive sequence model with a mixture output per step.
 
     Example:
