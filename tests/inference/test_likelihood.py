@@ -309,3 +309,22 @@ def test_check_bound_refuses_what_it_cannot_judge():
     with pytest.raises(ValueError, match="k must be positive"):
         check_bound(bound, exact, k=0)
 
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+    """progress=True draws a bar over the batches on stderr (and one for the Monte Carlo
+    re-scoring); False, and None off a terminal (here: captured), draw nothing; the numbers are
+    the same either way."""
+    p = PPCA.random(3, 1, 0.5, seed=9)
+    m, x = p.bound(), p.sample(30, seed=0)
+    capsys.readouterr()
+    runs = {}
+    for progress in (True, False, None):
+        runs[progress] = ppgen.evaluate(m, x, estimator="elbo", batch_size=10,
+                                        mc_examples=20, progress=progress)
+        err = capsys.readouterr().err
+        if progress:
+            assert "evaluate:" in err and "/3 [" in err and "Monte Carlo error:" in err, err
+        else:
+            assert err == "", err
+    assert torch.equal(runs[True].per_example, runs[False].per_example)
+    assert runs[True].mc_stderr == runs[None].mc_stderr
