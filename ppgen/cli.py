@@ -13,22 +13,49 @@ __all__ = ["main"]
 
 import argparse
 import contextlib
-import dataclasses
+import importlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    from ppgen.datasets.base import Dataset
+    from ppgen.models.base import AbstractGenerativeModel
 
-from ppgen import datasets, models, run_directory
-from ppgen.datasets.base import Dataset
-from ppgen.fitting import fit
-from ppgen.inference import train_config
-from ppgen.inference.likelihood import evaluate
-from ppgen.inference.trainer import FitError, TrainingInterrupted, seed_everything
-from ppgen.models.base import AbstractGenerativeModel
+
+class _Deferred:
+    """A module imported at its first attribute access, so that ``ppgen --help`` and ``ppgen
+    list`` import neither torch nor the package (the commands' first use pays, once)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+def _deferred_function(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported at the first call (a module attribute here, so a test can
+    replace it)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"``{module}.{name}``, imported at the first call."
+    return call
+
+
+torch = _Deferred("torch")
+datasets = _Deferred("ppgen.datasets")
+models = _Deferred("ppgen.models")
+run_directory = _Deferred("ppgen.run_directory")
+train_config = _Deferred("ppgen.inference.train_config")
+evaluate = _deferred_function("ppgen.inference.likelihood", "evaluate")
+fit = _deferred_function("ppgen.fitting", "fit")
+seed_everything = _deferred_function("ppgen.inference.trainer", "seed_everything")
 
 
 def parse_value(text: str) -> Any:
@@ -112,17 +139,13 @@ def _load_run(
 
 
 def cmd_list(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ppgen import catalog  # plain data, no torch (tests/test_cli_help.py keeps it true)
+
     print("families:")
-    for name in models.names():
-        cls = models.get(name)
-        fields = [
-            f.name
-            for f in dataclasses.fields(cls.Config)
-            if f.name not in ("event_shape", "kind", "levels")
-        ]
-        print(f"  {name:16s} likelihood={cls.likelihood:6s} hyperparameters: {', '.join(fields)}")
+    for name, (likelihood, fields) in catalog.FAMILIES.items():
+        print(f"  {name:16s} likelihood={likelihood:6s} hyperparameters: {', '.join(fields)}")
     print("datasets:")
-    for name in datasets.names():
+    for name in catalog.DATASETS:
         print(f"  {name}")
     return 0
 
@@ -176,6 +199,8 @@ def _signals_end_the_command() -> Iterator[dict[str, Any]]:
     import signal
     import threading
 
+    from ppgen.inference.trainer import TrainingInterrupted
+
     progress: dict[str, Any] = {"step": 0, "checkpoint": None}
 
     def handle(signum: int, frame: Any) -> None:
@@ -212,6 +237,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     ev = evaluate(
         model, data, estimator=args.estimator, num_particles=args.num_particles, seed=args.seed,
         **masked,
+        progress=False if args.no_progress else None,
     )
     if not ctx.is_main:
         return 0
@@ -417,12 +443,54 @@ def cmd_benchmark(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (where it has one and the help does not
+    already say it); choices show in the option's metavar, ``{a,b}``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or isinstance(default, bool)
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text  # a switch's default is its absence
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """A sub-command's parser: no abbreviated flags."""
+    """A sub-command's parser: no abbreviated flags, defaults in the help."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+
+class _SubCommands(argparse._SubParsersAction):
+    """Sub-commands whose costly options (generated from declarations that import torch:
+    ``TrainConfig``, the estimator registry, the benchmark presets) are added when the command
+    is chosen, so ``ppgen --help`` and ``ppgen list`` import neither torch nor the package.
+    ``build_parser()`` adds them all at once (``lazy=False``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = False
+        self._later: dict[argparse.ArgumentParser,
+                          list[Callable[[argparse.ArgumentParser], None]]] = {}
+
+    def declare(self, parser: argparse.ArgumentParser,
+                add: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Run ``add(parser)`` now, or when ``parser``'s command is chosen if ``lazy``."""
+        if self.lazy:
+            self._later.setdefault(parser, []).append(add)
+        else:
+            add(parser)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        chosen = self.choices.get(values[0])
+        for add in self._later.pop(chosen, []):  # type: ignore[arg-type]
+            add(chosen)  # type: ignore[arg-type]
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _nearest_flag(flag: str, parser: argparse.ArgumentParser) -> str:
@@ -434,10 +502,25 @@ def _nearest_flag(flag: str, parser: argparse.ArgumentParser) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _estimator_names() -> list[str]:
-    from ppgen.inference.likelihood import ESTIMATORS
+def _estimator_argument(p: argparse.ArgumentParser) -> None:
+    from ppgen.inference.likelihood import ESTIMATORS  # filled as the package is imported
 
-    return sorted(ESTIMATORS)
+    names = sorted(ESTIMATORS)
+    p.add_argument(
+        "--estimator",
+        default="auto",
+        choices=["auto", *names],
+        metavar="NAME",
+        help="likelihood estimator: auto (the model's exact density, else its bound, else an "
+        f"estimate) or one of {', '.join(names)}",
+    )
+
+
+def _preset_argument(p: argparse.ArgumentParser) -> None:
+    from ppgen.benchmark import PRESETS
+
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help="budgets: tiny (a smoke test), quick or full")
 
 
 def _trust_argument(p: argparse.ArgumentParser) -> None:
@@ -449,13 +532,17 @@ def _trust_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+_SPLITS = ("train", "val", "test", "all")  # ppgen.datasets.load's (tests/test_cli_help.py)
+
+
 def _run_arguments(p: argparse.ArgumentParser, runs: tuple[str, ...] = ("run",)) -> None:
     """What every command that reads runs takes: the runs, the data and split, --trust-code."""
     for run in runs:
         p.add_argument(run, help="run directory or checkpoint file")
     p.add_argument("--data", default=None,
                    help="dataset to score on (default: the one the run was trained on)")
-    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--split", default="test", choices=_SPLITS,
+                   help="the split of the data to score (all: the whole of a user's file)")
     _trust_argument(p)
 
 
@@ -463,21 +550,27 @@ def _common_arguments(
     p: argparse.ArgumentParser, *, device: bool = True, progress: bool = False
 ) -> None:
     """--seed (every command), --device and --no-progress where they apply."""
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     if device:
         p.add_argument("--device", default="auto",
-                       help="auto (CUDA when present), cpu, cuda, cuda:1... (default: auto)")
+                       help="auto (CUDA when present), cpu, cuda, cuda:1...")
     if progress:
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (by default they show on a terminal)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``ppgen`` parser; with ``lazy``, the options that need torch to be declared are
+    added when their command is chosen (what :func:`main` does)."""
     p = argparse.ArgumentParser(
         prog="ppgen", description=__doc__.splitlines()[0], allow_abbrev=False
     )
+    p.register("action", "parsers", _SubCommands)
     # allow_abbrev=False for every sub-command too: a prefix such as --step must never be taken
     # for --steps (an unknown flag is an error that names the nearest known one)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    assert isinstance(sub, _SubCommands)
+    sub.lazy = lazy
 
     sub.add_parser("list", help="families and datasets").set_defaults(fn=cmd_list)
 
@@ -491,17 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
     f.add_argument("--no-val", action="store_true", help="train without a validation split")
-    train_config.add_arguments(f)  # one flag per TrainConfig field, with its default and help
+    # one flag per TrainConfig field, with its default and help
+    sub.declare(f, lambda parser: train_config.add_arguments(parser))
     f.set_defaults(fn=cmd_fit)
 
     e = sub.add_parser("evaluate", help="labelled likelihood (and metrics) of a trained run")
     _run_arguments(e)
-    e.add_argument(
-        "--estimator",
-        default="auto",
-        help="likelihood estimator: auto (the model's exact density, else its bound, else an "
-        f"estimate) or one of {', '.join(_estimator_names())} (default: auto)",
-    )
+    sub.declare(e, _estimator_argument)
     e.add_argument(
         "--num-particles",
         type=int,
@@ -514,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(True = observed); bits per missing dim")
     e.add_argument("--metrics", default=None, help="'all' or a comma list of sample metrics")
     e.add_argument("--json", default=None, help="also write the results as JSON here")
-    _common_arguments(e)
+    _common_arguments(e, progress=True)
     e.set_defaults(fn=cmd_evaluate)
 
     m = sub.add_parser("impute", help="complete the missing part of data with a trained run")
@@ -569,8 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("benchmark", help="every family side by side on the same data")
     b.add_argument("--data", default="digits", help="dataset (default: digits)")
-    b.add_argument("--preset", default="quick",
-                   help="budgets: tiny, quick or full (default: quick)")
+    sub.declare(b, _preset_argument)
     b.add_argument("--families", nargs="*", default=None,
                    help="only these families (default: the preset's)")
     b.add_argument("--out", default="runs/benchmark",
@@ -584,20 +672,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ppgen`` console script and ``python -m ppgen``."""
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args, extra = parser.parse_known_args(argv)
     command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
     # fit takes --model.X / --objective.X overrides beside its flags; anything else is unknown
     unknown = extra if args.command != "fit" else _not_overrides(extra)
     if unknown:
         command.error(f"unrecognized argument {unknown[0]}{_nearest_flag(unknown[0], command)}")
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.command != "list":  # the only command that needs no torch
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
     try:
         return int(args.fn(args, extra) or 0)
-    except TrainingInterrupted as e:
+    except KeyboardInterrupt as e:
+        trainer = sys.modules.get("ppgen.inference.trainer")  # loaded if it can have raised
+        if trainer is None or not isinstance(e, trainer.TrainingInterrupted):
+            raise
         where = f"; checkpoint saved to {e.checkpoint}" if e.checkpoint else ""
         print(f"ppgen: interrupted after step {e.step}{where}", file=sys.stderr)
         return e.exit_code
-    except (ValueError, FitError, OSError) as e:
+    except (ValueError, OSError) as e:  # FitError and DataError are ValueErrors
         print(f"ppgen: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Test environment: float64 by default, --device/--dtype options, a seed per test."""
+"""Test environment: float64 by default, --device/--dtype options, a seed per test, and the
+``small_model`` fixture that builds a small model of any family (see ``tests/families.py``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 
 import pytest
 import torch
+
+from tests.families import build_small
 
 torch.set_num_threads(int(os.environ.get("PPGEN_TEST_THREADS", "2")))
 
@@ -45,3 +48,10 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("PPGEN_CACHE_DIR", None)
     else:
         os.environ["PPGEN_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """``small_model(family, dataset, **overrides)``: the family built small for the dataset
+    (:func:`tests.families.build_small`); ``ValueError`` where the family refuses the data."""
+    return build_small

@@ -458,20 +458,15 @@ def test_feature_cache_and_model_files_still_load(model_payload, tmp_path):
         ppgen.load(_write(FEATURES))
 
 
-SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
-
-
 @pytest.mark.parametrize("family", ppgen.models.names())
-def test_every_familys_checkpoint_passes_the_schema_and_the_live_checks(family, tmp_path):
+def test_every_familys_checkpoint_passes_the_schema_and_the_live_checks(family, tmp_path,
+                                                                       small_model):
     """A valid checkpoint of every family (with EMA, and a GAN's two optimizers) is accepted:
     the schema refuses nothing a real run writes."""
-    cls = ppgen.models.get(family)
-    names = {f.name for f in dataclasses.fields(cls.Config)}
-    small = {k: v for k, v in SMALL.items() if k in names}
     for data in ("digits", "moons"):
         ds = ppgen.datasets.load(data, "val").subset(64)
         try:
-            model = ppgen.build(family, ds, **small)
+            model = small_model(family, ds)
             break
         except ValueError:
             continue

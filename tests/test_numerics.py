@@ -14,7 +14,6 @@ Each property runs a small derandomized sample by default and a larger one under
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -30,8 +29,7 @@ from ppgen.datasets import DataTransform, logit_transform
 from ppgen.inference import ais, likelihood
 from ppgen.models import traces
 from ppgen.models.diffusion.schedule import NoiseSchedule, ScheduleError
-
-SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
+from tests.families import build_small
 
 
 def _both(strategy: Any, fast: int, slow: int):
@@ -72,9 +70,7 @@ def _exact_continuous_families() -> list[str]:
 
 
 def _build(name: str, ds: ppgen.datasets.Dataset):
-    cls = ppgen.models.get(name)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    return ppgen.build(name, ds, **{k: v for k, v in SMALL.items() if k in fields})
+    return build_small(name, ds)
 
 
 _MODELS: dict[tuple[str, int], Any] = {}

@@ -50,7 +50,8 @@ __all__ = [
 import dataclasses
 import importlib
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -389,6 +390,7 @@ def evaluate(
     context: Tensor | None = None,
     mc_examples: int | None = MC_EXAMPLES,
     mask: Tensor | str | None = None,
+    progress: bool | None = None,
     **options: Any,
 ) -> Evaluation:
     r"""Score ``data`` under ``model`` with a labelled estimator.
@@ -430,6 +432,9 @@ def evaluate(
             importance-sampling estimate, in bits per *missing* dimension
             (:mod:`ppgen.inference.conditioning.density`; ``estimator`` is then
             ``"auto"``, ``"exact-conditional"`` or ``"importance"``).
+        progress: a progress bar over the batches on stderr: ``None`` (the default) shows one
+            on a terminal once the evaluation has run for 2 seconds (AIS over a test set takes
+            minutes), ``True`` always, ``False`` never.
         **options: estimator-specific options (e.g. AIS's ``num_steps``), passed through; the
             family's ``estimator_defaults(name)`` fill the ones not given.
 
@@ -481,7 +486,7 @@ def evaluate(
     mc: tuple[float, int] | None = None
     try:
         run = dict(fn=fn, model=model, options=options, batch_size=batch_size,
-                   device=device, dtype=dtype)
+                   device=device, dtype=dtype, progress=progress and rank == 0)
         per_example, kinds, found = _score(x=x, context=context, seed=seed, **run)
         notes = (*notes, *found)
         if mc_examples != 0 and kinds != {"exact"} and x.shape[0] > 0:
@@ -520,7 +525,7 @@ def evaluate(
 def _score(
     fn: EstimatorFn, model: AbstractGenerativeModel, x: Tensor, context: Tensor | None,
     options: dict[str, Any], batch_size: int, device: torch.device, dtype: torch.dtype,
-    seed: int,
+    seed: int, progress: bool | None = False, desc: str = "evaluate",
 ) -> tuple[Tensor, set[str], tuple[str, ...]]:
     """One run of an estimator over ``x`` in batches, on a forked RNG seeded with ``seed``:
     per-example values (float64, CPU), the kinds the batches returned and their notes (each
@@ -528,9 +533,10 @@ def _score(
     kinds: set[str] = set()
     notes: dict[str, None] = {}
     chunks = []
+    starts = range(0, x.shape[0], batch_size)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for start in range(0, x.shape[0], batch_size):
+        for start in _progress_bar(starts, progress, desc):
             xb = x[start : start + batch_size].to(device=device, dtype=dtype)
             cb = None if context is None else context[start : start + batch_size].to(device)
             lp, kind, *extra = fn(model, xb, cb, **options)
@@ -539,6 +545,20 @@ def _score(
             chunks.append(lp.detach().double().cpu())
     values = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
     return values, kinds, tuple(notes)
+
+
+def _progress_bar(batches: range, progress: bool | None, desc: str) -> Iterable[int]:
+    """``batches``, through a tqdm bar on stderr when ``progress`` is True, or None on a
+    terminal (then the bar appears only once the loop has run for 2 seconds)."""
+    if progress is False or (progress is None and not sys.stderr.isatty()) or len(batches) < 2:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr,
+                delay=0 if progress else 2.0, leave=False)
+
+
+_MC_DESC = "Monte Carlo error"  # the re-scoring run's bar
 
 
 def _mc_seed(seed: int) -> int:
@@ -554,7 +574,7 @@ def _mc_variance_terms(
     sum of the variance terms and their count (see :func:`evaluate`)."""
     n = x.shape[0]
     if shared:  # the same batches, every example: per-batch mean differences
-        second, _, _ = _score(x=x, context=context, seed=_mc_seed(seed), **run)
+        second, _, _ = _score(x=x, context=context, seed=_mc_seed(seed), desc=_MC_DESC, **run)
         total, batches = 0.0, 0
         for start in range(0, n, run["batch_size"]):
             a = first[start : start + run["batch_size"]]
@@ -566,7 +586,7 @@ def _mc_variance_terms(
     g = torch.Generator().manual_seed(_mc_seed(seed))
     idx = torch.randperm(n, generator=g)[:m].sort().values
     second, _, _ = _score(x=x[idx], context=None if context is None else context[idx],
-                       seed=_mc_seed(seed), **run)
+                          desc=_MC_DESC, seed=_mc_seed(seed), **run)
     d = first[idx] - second
     return float((d.pow(2) / 2).sum()), m
 

@@ -204,7 +204,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag = _flag(f.name) if not default else "--no-" + f.name.replace("_", "-")
             parser.add_argument(
                 flag, dest=f.name, action="store_false" if default else "store_true",
-                help=meta["help"],
+                help=f"{meta['help']}: on by default; this flag turns it off" if default
+                else meta["help"],
             )
             continue
         kind = {"int": int, "float": float}.get(

@@ -141,10 +141,10 @@ def test_sharded_sampling_is_the_same_on_any_number_of_processes(tmp_path):
 # and with accumulate=1. Float64 makes the only 1-vs-2-process difference the summation order
 # of the averaged gradient (relative error ~1e-16), so a tight tolerance is meaningful.
 EVERY_FAMILY = """
-import dataclasses, sys, time, torch, ppgen
+import sys, time, torch, ppgen
+from tests.families import build_small
 torch.set_num_threads(1)
 out, steps, accumulates = sys.argv[1], int(sys.argv[2]), [int(a) for a in sys.argv[4].split(",")]
-SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
 train = ppgen.datasets.load("digits", "train").subset(48)
 import torch.distributed as dist
 results = {}
@@ -160,11 +160,9 @@ def draws_nothing(m):
         return torch.equal(before, torch.get_rng_state())
 
 for family in ppgen.models.names():
-    cls = ppgen.models.get(family)
-    names = {f.name for f in dataclasses.fields(cls.Config)}
     for accumulate in accumulates:
         torch.manual_seed(0)
-        m = ppgen.build(family, train, **{k: v for k, v in SMALL.items() if k in names}).double()
+        m = build_small(family, train).double()
         t0 = time.perf_counter()
         h = ppgen.fit(m, train, steps=steps, batch_size=16, lr=1e-3, seed=0, device="cpu",
                       progress=False, log_every=1, accumulate=accumulate)

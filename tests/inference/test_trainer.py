@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -15,9 +14,7 @@ import torch
 import ppgen
 from ppgen.inference import trainer
 from ppgen.inference.run_files import RunDirectory
-
-# Small hyperparameters by shared name (as in tests/models/test_protocol.py).
-SMALL = {"hidden": [16], "transforms": 2, "latent": 2, "timesteps": 10, "components": 2}
+from tests.families import small_hparams
 
 
 @pytest.fixture(scope="module")
@@ -228,31 +225,38 @@ def _counting_backend(gm, example_inputs):
 torch._dynamo.register_backend(name="ppgen_test_counting")(_counting_backend)
 
 
-def test_compile_reaches_every_network_and_changes_nothing(digits):
+# one family per kind of network in the default run (masked MLPs, nn.Sequential MLPs, a
+# denoiser, a discriminator held by the objective); dynamo's tracing costs seconds per family,
+# so the other families run in the slow pass
+_COMPILE_DEFAULT = ("made", "vae", "ddpm", "gan")
+
+
+@pytest.mark.parametrize("family", [
+    f if f in _COMPILE_DEFAULT else pytest.param(f, marks=pytest.mark.slow)
+    for f in ppgen.models.names()
+])
+def test_compile_reaches_every_network_and_changes_nothing(digits, family):
     """compile= is wired for every family: each network (a direct submodule of the model or
     objective, e.g. the VAE's nn.Sequential MLPs, which nn.Module.compile leaves eager) is
     traced by dynamo, with validation's other batch shapes too; running the traced graphs
     gives the eager parameters (same ops: 1e-5 leaves room for nothing but reordering)."""
     train, val = digits
     train, val = train.subset(64), val.subset(40)
-    for family in ppgen.models.names():
-        cls = ppgen.models.get(family)
-        names = {f.name for f in dataclasses.fields(cls.Config)}
-        hp = {k: v for k, v in SMALL.items() if k in names}
-        params = []
-        for backend in (False, "ppgen_test_counting"):
-            torch.manual_seed(0)
-            m = ppgen.build(family, train, **hp)
-            # a fresh dynamo cache: code objects compiled by earlier tests in this process
-            # (up to dynamo's recompile limit) would otherwise run without calling the backend
-            torch._dynamo.reset()
-            _GRAPHS.clear()
-            _fit(m, train, steps=3, batch_size=16, lr=1e-3, val=val, compile=backend)
-            params.append(dict(m.named_parameters()))
-        networks = list(m.children())
-        assert (len(_GRAPHS) > 0) == (len(networks) > 0), (family, len(_GRAPHS))
-        for k, v in params[0].items():
-            assert torch.allclose(v, params[1][k], rtol=0, atol=1e-5), f"{family}: {k}"
+    hp = small_hparams(family)
+    params = []
+    for backend in (False, "ppgen_test_counting"):
+        torch.manual_seed(0)
+        m = ppgen.build(family, train, **hp)
+        # a fresh dynamo cache: code objects compiled by earlier tests in this process
+        # (up to dynamo's recompile limit) would otherwise run without calling the backend
+        torch._dynamo.reset()
+        _GRAPHS.clear()
+        _fit(m, train, steps=3, batch_size=16, lr=1e-3, val=val, compile=backend)
+        params.append(dict(m.named_parameters()))
+    networks = list(m.children())
+    assert (len(_GRAPHS) > 0) == (len(networks) > 0), (family, len(_GRAPHS))
+    for k, v in params[0].items():
+        assert torch.allclose(v, params[1][k], rtol=0, atol=1e-5), f"{family}: {k}"
 
 
 @pytest.mark.parametrize(
