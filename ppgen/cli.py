@@ -141,6 +141,7 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         val = None if args.no_val else load_data(args.data, "val")
         seed_everything(args.seed)  # the initial weights too are a function of --seed
         model = _build(args.model, train.spec(), overrides["model"])
+        print(_size_line(model), flush=True)
         stem = Path(args.data.split("#", 1)[0]).stem
         out = Path(args.out or f"runs/{args.model.replace(':', '_')}-{stem}")
         run_info: dict[str, Any] = {"data": args.data}
@@ -157,6 +158,21 @@ def cmd_fit(args: argparse.Namespace, extra: Sequence[str]) -> int:
     )
     print(f"run directory: {out}")
     return 0
+
+
+def _size_line(model: AbstractGenerativeModel) -> str:
+    """The model's size, said before training: its trained parameters, the values its weights
+    file holds (parameters and buffers such as MADE's masks) and the checkpoint that holds those
+    and Adam's two moments per parameter (measured: 1.215 MB for a MADE of 74,880 parameters
+    and 148,609 values, 4 bytes each)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    count = sum(p.numel() for p in model.parameters())
+    checkpoint = weights + 2 * params
+    return (
+        f"{type(model).__name__}: {count:,} parameters, ~{checkpoint / 1e6:,.1f} MB checkpoint "
+        f"({weights / 1e6:,.1f} MB of weights and buffers)"
+    )
 
 
 @contextlib.contextmanager
