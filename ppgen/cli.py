@@ -98,6 +98,35 @@ def load_data(name: str, split: str) -> Dataset:
     return datasets.load(name, split=split)
 
 
+def check_data_fits(model: AbstractGenerativeModel, data: Dataset, name: str) -> None:
+    """Refuse, in one line naming both, data that a run's model cannot score: another shape,
+    another kind (binary, discrete, continuous), or levels beyond the model's. Data of the
+    same shape whose values lie in the model's levels are scored as the model's data (a file
+    of 8-bit test images whose loader inferred fewer levels is fine)."""
+    cfg = model.config
+    shape, kind, levels = tuple(cfg.event_shape), cfg.kind, cfg.levels
+
+    def describe(s: tuple[int, ...], k: str, lv: int | None) -> str:
+        return f"{'x'.join(map(str, s))} {k} data" + (f" with {lv} levels" if lv else "")
+
+    trained, given = describe(shape, kind, levels), describe(data.event_shape, data.kind,
+                                                            data.levels)
+    fault = None
+    if data.event_shape != shape:
+        fault = "another shape"
+    elif (data.kind == "continuous") != (kind == "continuous") or (
+        {data.kind, kind} == {"binary", "discrete"} and levels != data.levels
+    ):
+        fault = "another kind"
+    elif levels is not None and len(data) and float(data.data.max()) > levels - 1:
+        fault = f"values up to {float(data.data.max()):g}, beyond level {levels - 1}"
+    if fault is not None:
+        raise datasets.DataError(
+            f"--data {name}: {given} ({fault}); the run's model was trained on {trained}: "
+            "score it on data of the same shape and levels"
+        )
+
+
 def _load_run(
     run: str, trust_code: bool = False
 ) -> tuple[AbstractGenerativeModel, dict[str, Any]]:
@@ -214,6 +243,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if name is None:
         raise ValueError("pass --data (the run directory does not record its dataset)")
     data = load_data(name, args.split)
+    check_data_fits(model, data, name)
     ctx = distributed.init(resolve_device(args.device))  # under torchrun: sharded, gathered
     model.to(ctx.device)
     ev = evaluate(
@@ -291,10 +321,14 @@ def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     name = args.data or config_a.get("data")
     if name is None:
         raise ValueError("pass --data")
+    data = load_data(name, args.split)
+    if not args.allow_mixed_kinds:
+        check_data_fits(a, data, name)
+        check_data_fits(b, data, name)
     result = analysis.compare(
         a,
         b,
-        load_data(name, args.split),
+        data,
         seed=args.seed,
         allow_mixed_kinds=args.allow_mixed_kinds,
         names=(args.run_a, args.run_b),
@@ -313,6 +347,7 @@ def cmd_inspect(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if name is None:
         raise ValueError("pass --data")
     data = load_data(name, args.split)
+    check_data_fits(model, data, name)
     out = Path(args.out or (Path(args.run) if Path(args.run).is_dir() else Path(".")))
     reports.inspect_report(
         model, data, out=out, num_points=args.num_points, seed=args.seed, method=args.method

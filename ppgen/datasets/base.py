@@ -61,6 +61,10 @@ class Dataset:
             None (the default): :func:`default_feature_space` of the data's shape and kind.
         modes: ``(centers Tensor[K, D], std)`` where the data are a known isotropic Gaussian
             mixture (the toys ``8gaussians``, ``grid25``), for mode coverage; else None.
+        binarize_probs: dynamic binarization (binary data only): each point's pixel
+            intensities in ``[0, 1]``, the same shape as ``data``; training redraws every batch
+            as Bernoulli draws of these, and ``data`` holds one fixed draw (for validation and
+            scoring). None: ``data`` is the data.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Dataset:
     entropy: float | None = None
     feature_space: FeatureSpace | None = None
     modes: tuple[Tensor, float] | None = None
+    binarize_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.data):
@@ -96,6 +101,13 @@ class Dataset:
         if self.labels is not None and self.labels.shape[0] != self.data.shape[0]:
             raise DataError(
                 f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points"
+            )
+        if self.binarize_probs is not None and (
+            self.kind != "binary" or self.binarize_probs.shape != self.data.shape
+        ):
+            raise DataError(
+                f"dataset {self.name!r}: binarize_probs is for binary data, one probability per "
+                f"value of data {tuple(self.data.shape)}"
             )
         self._declare_metrics()
 
@@ -136,8 +148,16 @@ class Dataset:
 
     def subset(self, n: int) -> Dataset:
         """The first ``n`` points (for quick runs and tests)."""
-        labels = None if self.labels is None else self.labels[:n]
-        return dataclasses.replace(self, data=self.data[:n], labels=labels)
+        return self.select(slice(0, n))
+
+    def select(self, index: Tensor | slice) -> Dataset:
+        """The points ``index`` picks (a slice or indices), with their labels (and their
+        binarization probabilities)."""
+        labels = None if self.labels is None else self.labels[index]
+        probs = None if self.binarize_probs is None else self.binarize_probs[index]
+        return dataclasses.replace(
+            self, data=self.data[index], labels=labels, binarize_probs=probs
+        )
 
     def __repr__(self) -> str:
         return (

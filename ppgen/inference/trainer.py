@@ -532,6 +532,8 @@ def fit(
         except (TypeError, ValueError) as e:
             raise FitError(f"run_info must be plain JSON data: {e}") from None
     x_train, c_train = _as_tensors(data, model, "training data")
+    # dynamic binarization: every batch a fresh Bernoulli draw, seeded by (seed, step)
+    probs = data.binarize_probs if isinstance(data, Dataset) else None
     x_val, c_val = (None, None) if val is None else _as_tensors(val, model, "validation data",
                                                                   "val")
     out_dir = Path(out) if out is not None else None
@@ -627,7 +629,12 @@ def fit(
         while step < steps and not history.stopped_early:
             idx = batch_indices(len(x_train), batch_size, seed, step)
             idx = dist_utils.shard(idx, ctx)
-            xb = x_train[idx].to(device=device, dtype=_dtype(model), non_blocking=True)
+            if probs is not None:
+                g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+                xb = torch.bernoulli(probs[idx], generator=g)
+            else:
+                xb = x_train[idx]
+            xb = xb.to(device=device, dtype=_dtype(model), non_blocking=True)
             cb = None if c_train is None else c_train[idx].to(device)
             micro = len(xb) // accumulate
             losses: dict[str, float] = {}
