@@ -771,6 +771,16 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
             f"{type(self).__name__} has no denoising loss; fit it with its default objective "
             f"{self.default_objective!r}"
         )
+    def choose_estimator(self, num_examples: int) -> tuple[str | None, dict[str, Any], str | None]:
+        """What ``ppgen.evaluate(estimator="auto")`` uses for ``num_examples`` examples of this
+        model's data: ``(estimator, options, note)``. The estimator None is
+        :attr:`default_estimator` or the choice by capability; the options are merged over
+        :meth:`estimator_defaults` (the caller's own win); the note, when not None, says in the
+        Evaluation what was chosen and why. A family whose exact estimator costs too much at
+        image scale (diffusion's T-step bound) picks a cheaper one here. Default: no choice by
+        size."""
+        return None, {}, None
+
     def estimator_defaults(self, estimator: str) -> dict[str, Any]:
         """Options this family wants for likelihood estimator ``estimator`` when the caller of
         ``ppgen.evaluate`` does not set them (e.g. a GAN's AIS schedule length); the caller's
