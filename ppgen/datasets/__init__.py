@@ -16,6 +16,7 @@ __all__ = [
     "Dataset",
     "dequantize",
     "from_array",
+    "from_cifar",
     "from_idx",
     "from_images",
     "load",
@@ -34,8 +35,15 @@ from pathlib import Path
 
 from ppgen.datasets.arrays import from_array, is_file_spec, load_file
 from ppgen.datasets.base import SPLITS, Dataset
+from ppgen.datasets.cifar import from_cifar, is_cifar_path
 from ppgen.datasets.digits import load_digits
-from ppgen.datasets.images import from_idx, from_images, is_idx_path, load_image_source
+from ppgen.datasets.images import (
+    from_idx,
+    from_images,
+    is_idx_path,
+    load_cifar_source,
+    load_image_source,
+)
 from ppgen.datasets.series import (
     SERIES,
     SeriesDataset,
@@ -66,15 +74,18 @@ def load(
 
     User data is told apart by its path: a directory is a folder of PNG/JPEG images
     (:func:`from_images`), a file named like ``*-ubyte``, ``*.idx`` (optionally ``.gz``) an
-    MNIST-format IDX file (:func:`from_idx`), and ``.npy``/``.npz``/``.csv`` files are arrays
+    MNIST-format IDX file (:func:`from_idx`), ``data_batch_N``/``test_batch`` (``.bin``: the
+    binary version; without: the python version, read by a restricted unpickler) or a folder
+    of them CIFAR-10 (:func:`from_cifar`), and ``.npy``/``.npz``/``.csv`` files are arrays
     (:mod:`ppgen.datasets.arrays`). An embedded name wins over a folder of the same name.
 
     Arguments:
         name: an embedded name, or a path, optionally followed by ``#options``
             (``"x.npy#kind=discrete,levels=256"``; ``"faces/#size=32,grayscale=true"``;
             ``"train-images-idx3-ubyte.gz#labels=train-labels-idx1-ubyte.gz"``; ``kind=binary``
-            thresholds images at 128). User data has one fixed 80/10/10 split (see
-            :mod:`ppgen.datasets.arrays`).
+            thresholds images at 128; ``binarize=fixed`` draws one seeded Bernoulli
+            binarization, ``binarize=dynamic`` redraws it for every training batch). User data
+            has one fixed 80/10/10 split (see :mod:`ppgen.datasets.arrays`).
         split: ``"train"``, ``"val"`` or ``"test"``; user data also takes ``"all"``.
         kind: user data only: overrides the inferred kind.
         levels: user data only: overrides the inferred number of levels.
@@ -104,6 +115,10 @@ def load(
         return load_series_file(name, split, key=key)
     if not embedded:
         path = Path(str(name).split("#", 1)[0])
+        if is_cifar_path(name):
+            if key is not None:
+                raise DataError(f"{path}: key= selects an array of a .npz file only")
+            return load_cifar_source(name, split, kind=kind, levels=levels)
         if path.is_dir() or is_idx_path(name):
             if key is not None:
                 raise DataError(f"{path}: key= selects an array of a .npz file only")

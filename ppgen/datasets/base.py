@@ -66,6 +66,10 @@ class Dataset:
             cells, so a consumer that does not read the mask refuses the data (NaN) instead of
             using made-up values. None (the default) for complete data; an all-True mask is
             stored as None.
+        binarize_probs: dynamic binarization (binary data only): each point's pixel
+            intensities in ``[0, 1]``, the same shape as ``data``; training redraws every batch
+            as Bernoulli draws of these, and ``data`` holds one fixed draw (for validation and
+            scoring). None: ``data`` is the data.
     """
 
     name: str
@@ -79,6 +83,7 @@ class Dataset:
     feature_space: FeatureSpace | None = None
     modes: tuple[Tensor, float] | None = None
     mask: Tensor | None = None
+    binarize_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.data):
@@ -105,6 +110,13 @@ class Dataset:
         if self.labels is not None and self.labels.shape[0] != self.data.shape[0]:
             raise DataError(
                 f"dataset {self.name!r}: {len(self.labels)} labels for {len(self)} points"
+            )
+        if self.binarize_probs is not None and (
+            self.kind != "binary" or self.binarize_probs.shape != self.data.shape
+        ):
+            raise DataError(
+                f"dataset {self.name!r}: binarize_probs is for binary data, one probability per "
+                f"value of data {tuple(self.data.shape)}"
             )
         self._declare_metrics()
 
@@ -167,9 +179,17 @@ class Dataset:
 
     def subset(self, n: int) -> Dataset:
         """The first ``n`` points (for quick runs and tests)."""
-        labels = None if self.labels is None else self.labels[:n]
-        mask = None if self.mask is None else self.mask[:n]
-        return dataclasses.replace(self, data=self.data[:n], labels=labels, mask=mask)
+        return self.select(slice(0, n))
+
+    def select(self, index: Tensor | slice) -> Dataset:
+        """The points ``index`` picks (a slice or indices), with their labels, their mask of
+        observed cells and their binarization probabilities."""
+        labels = None if self.labels is None else self.labels[index]
+        mask = None if self.mask is None else self.mask[index]
+        probs = None if self.binarize_probs is None else self.binarize_probs[index]
+        return dataclasses.replace(
+            self, data=self.data[index], labels=labels, mask=mask, binarize_probs=probs
+        )
 
     def __repr__(self) -> str:
         return (

@@ -19,7 +19,14 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["from_idx", "from_images", "is_idx_path", "load_image_source"]
+__all__ = [
+    "BINARIZATIONS",
+    "from_idx",
+    "from_images",
+    "is_idx_path",
+    "load_cifar_source",
+    "load_image_source",
+]
 
 import dataclasses
 import gzip
@@ -191,11 +198,25 @@ def from_images(
     return _dataset(name or str(root), data, labels, binarize)
 
 
+#: how 8-bit images become binary: ``threshold`` (pixels >= 128 are 1), ``fixed`` (one
+#: Bernoulli draw per pixel with probability intensity/255, seeded: the same binarization every
+#: load, as the binarized MNIST of Salakhutdinov & Murray 2008) or ``dynamic`` (redrawn for every
+#: training batch, as IWAE and later papers train; ``data`` holds one fixed draw for scoring)
+BINARIZATIONS = ("threshold", "fixed", "dynamic")
+_BINARIZE_SEED = 20080705  # the fixed draw's seed: one binarization for every user and load
+
+
 def _dataset(
-    name: str, data: torch.Tensor, labels: torch.Tensor | None, binarize: bool
+    name: str, data: torch.Tensor, labels: torch.Tensor | None, binarize: bool | str
 ) -> Dataset:
-    if binarize:
+    if binarize is True or binarize == "threshold":
         return Dataset(name, (data >= 128).to(torch.float32), "binary", 2, labels=labels)
+    if binarize in ("fixed", "dynamic"):
+        probs = data / 255.0
+        g = torch.Generator().manual_seed(_BINARIZE_SEED)
+        fixed = torch.bernoulli(probs, generator=g)
+        return Dataset(name, fixed, "binary", 2, labels=labels,
+                       binarize_probs=probs if binarize == "dynamic" else None)
     return Dataset(name, data, "discrete", 256, labels=labels)
 
 
@@ -389,7 +410,8 @@ def load_image_source(
     """Load an image folder or an IDX file for :func:`ppgen.datasets.load`, by split.
 
     ``spec`` is the folder or file, optionally followed by ``#`` options: ``kind=binary``
-    (threshold at 128; also ``levels=2``), and for folders ``size=N`` and ``grayscale=true`` /
+    (threshold at 128; also ``levels=2``), ``binarize=threshold|fixed|dynamic`` (binary data:
+    see :data:`BINARIZATIONS`), and for folders ``size=N`` and ``grayscale=true`` /
     ``false``, for IDX files ``labels=PATH`` (the labels file). The splits are those of
     :mod:`ppgen.datasets.arrays` (one fixed permutation, 80/10/10), taken after the images are
     read in sorted order.
@@ -410,7 +432,7 @@ def load_image_source(
     path = Path(str(spec).split("#", 1)[0])
     folder = path.is_dir()
     allowed = ("kind", "levels", "size", "grayscale") if folder else ("kind", "levels", "labels")
-    file, options = parse_file_spec(spec, allowed)
+    file, options = parse_file_spec(spec, (*allowed, "binarize"))
     kind = kind if kind is not None else options.get("kind")
     levels = levels if levels is not None else options.get("levels")
     what = str(file)
@@ -423,15 +445,50 @@ def load_image_source(
             f"{what}: image data has 256 levels (kind='discrete') or is thresholded to binary "
             f"(kind='binary'); got kind={kind!r}, levels={levels!r}"
         )
+    how = options.get("binarize")
+    if how is not None:
+        if how not in BINARIZATIONS or (kind, levels) not in ((None, None), ("binary", None),
+                                                             ("binary", 2), (None, 2)):
+            raise DataError(
+                f"{what}: binarize takes one of {', '.join(BINARIZATIONS)} (and makes the data "
+                f"binary), got binarize={how!r} with kind={kind!r}, levels={levels!r}"
+            )
+        binarize = how
     if folder:
         grayscale = options.get("grayscale")
         if grayscale is not None:
             if grayscale.lower() not in ("true", "false"):
                 raise DataError(f"{what}: grayscale must be true or false, got {grayscale!r}")
             grayscale = grayscale.lower() == "true"
-        ds = from_images(file, grayscale=grayscale, size=options.get("size"), binarize=binarize)
+        ds = from_images(file, grayscale=grayscale, size=options.get("size"))
     else:
-        ds = from_idx(file, labels=options.get("labels"), binarize=binarize)
+        ds = from_idx(file, labels=options.get("labels"))
+    ds = _dataset(ds.name, ds.data, ds.labels, binarize)
     idx = torch.from_numpy(split_indices(len(ds), split, what=what))
-    labels = None if ds.labels is None else ds.labels[idx]
-    return dataclasses.replace(ds, data=ds.data[idx], labels=labels, split=split)
+    return dataclasses.replace(ds.select(idx), split=split)
+
+
+def load_cifar_source(
+    spec: str | os.PathLike,
+    split: str = "all",
+    *,
+    kind: str | None = None,
+    levels: int | None = None,
+) -> Dataset:
+    """Load a CIFAR-10 batch file or folder (:func:`ppgen.datasets.cifar.from_cifar`) for
+    :func:`ppgen.datasets.load`, by split (one fixed permutation, 80/10/10, as other user data;
+    ``split="all"`` is the whole file). Options after ``#``: ``kind=discrete``, ``levels=256``
+    (the only ones: CIFAR is 8-bit colour)."""
+    from ppgen.datasets.cifar import from_cifar
+
+    file, options = parse_file_spec(spec, ("kind", "levels"))
+    kind = kind if kind is not None else options.get("kind")
+    levels = levels if levels is not None else options.get("levels")
+    if kind not in (None, "discrete") or levels not in (None, 256):
+        raise DataError(
+            f"{file}: CIFAR-10 is 8-bit colour (kind='discrete', levels=256); got kind={kind!r}, "
+            f"levels={levels!r}"
+        )
+    ds = from_cifar(file)
+    idx = torch.from_numpy(split_indices(len(ds), split, what=str(file)))
+    return dataclasses.replace(ds.select(idx), split=split)

@@ -454,8 +454,11 @@ def evaluate(
     context = model.check_inputs(x, context)  # weights, data and labels, before any work
     if model.conditional and context is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass context (labels)")
-    if estimator == "auto":
-        name = model.default_estimator or _AUTO[model.likelihood]
+    chosen: dict[str, Any] = {}
+    why = None
+    if estimator == "auto":  # the model chooses by the data's size (its own estimator, options)
+        name, chosen, why = model.choose_estimator(int(x.shape[0]))
+        name = name or model.default_estimator or _AUTO[model.likelihood]
     else:
         name = estimator
     if name not in ESTIMATORS:
@@ -465,9 +468,9 @@ def evaluate(
         raise ValueError(
             f"mc_examples must be a non-negative integer or None, got {mc_examples!r}"
         )
-    notes = _data_notes(model, data)
+    notes = _data_notes(model, data) + ((why,) if why else ())
     fn = ESTIMATORS[name]
-    options = {**model.estimator_defaults(name), **options}  # the caller's options win
+    options = {**model.estimator_defaults(name), **chosen, **options}  # the caller's win
     if num_particles is None:
         num_particles = options.pop("num_particles", None)
     options.pop("num_particles", None)

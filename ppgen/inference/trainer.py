@@ -475,7 +475,9 @@ def fit(
             stack.enter_context(run_dir.open(main=ctx.is_main, clear=clear))
         start = run.begin(resuming, train[0], run_info)
         step_fn = _Step(model, obj, run.optimizers, run.streams, ctx, cfg)
-        run.train(step_fn, train, valid, start, guard)
+        # dynamic binarization: every batch a fresh Bernoulli draw, seeded by (seed, step)
+        probs = data.binarize_probs if isinstance(data, Dataset) else None
+        run.train(step_fn, train, valid, start, guard, probs)
         run.finish()
     dist_utils.barrier(ctx)
     return run.history
@@ -770,6 +772,7 @@ class _Run:
         valid: tuple[Tensor, Tensor | None, Tensor | None] | None,
         start: int,
         guard: _SignalGuard,
+        binarize_probs: Tensor | None = None,
     ) -> None:
         """Steps ``start`` to ``steps``: a batch, a step, then the records, validation,
         checkpoints and signals of that step."""
@@ -793,7 +796,12 @@ class _Run:
         while step < steps and not history.stopped_early:
             idx = batch_indices(len(x_train), cfg.batch_size, cfg.seed, step)
             idx = dist_utils.shard(idx, ctx)
-            xb = x_train[idx].to(device=ctx.device, dtype=_dtype(self.model), non_blocking=True)
+            if binarize_probs is not None:
+                g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) % 2**63)
+                xb = torch.bernoulli(binarize_probs[idx], generator=g)
+            else:
+                xb = x_train[idx]
+            xb = xb.to(device=ctx.device, dtype=_dtype(self.model), non_blocking=True)
             cb = None if c_train is None else c_train[idx].to(ctx.device)
             mb = None if m_train is None else m_train[idx].to(ctx.device)
             losses, skipped = step_fn(xb, cb, step, mb)

@@ -810,6 +810,15 @@ class AbstractGenerativeModel(PyroModule, metaclass=_ProtocolMeta):
         raise ValueError(
             f"{type(self).__name__} defines no probability-flow ODE; use estimator='auto'"
         )
+    def choose_estimator(self, num_examples: int) -> tuple[str | None, dict[str, Any], str | None]:
+        """What ``ppgen.evaluate(estimator="auto")`` uses for ``num_examples`` examples of this
+        model's data: ``(estimator, options, note)``. The estimator None is
+        :attr:`default_estimator` or the choice by capability; the options are merged over
+        :meth:`estimator_defaults` (the caller's own win); the note, when not None, says in the
+        Evaluation what was chosen and why. A family whose exact estimator costs too much at
+        image scale (diffusion's T-step bound) picks a cheaper one here. Default: no choice by
+        size."""
+        return None, {}, None
 
     def estimator_defaults(self, estimator: str) -> dict[str, Any]:
         """Options this family wants for likelihood estimator ``estimator`` when the caller of

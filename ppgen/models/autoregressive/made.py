@@ -49,7 +49,13 @@ class MADEConfig(ModelConfig):
         ensemble: masks averaged at evaluation and sampling (the first ``ensemble``); None is
             all ``num_masks``.
         dropout: dropout after each hidden layer, in training only.
-        components: Gaussians per conditional for continuous data (1: a Gaussian).
+        components: Gaussians per conditional for continuous data (1: a Gaussian), logistics
+            per conditional for discrete data with the logistic output.
+        output: for discrete data, ``"categorical"`` (a softmax over the ``L`` levels, ``L``
+            outputs per dimension), ``"logistic"`` (a discretized logistic mixture, ``3 *
+            components`` outputs per dimension whatever ``L``) or ``"auto"``: categorical below
+            256 levels, logistic from 256 on (8-bit data; see
+            ``_conditionals.LOGISTIC_FROM_LEVELS`` for why).
         order: the ordering of mask 0: ``order[d]`` is the position of dimension ``d`` (a
             permutation), or None for the identity order. Masks 1.. draw random orderings.
         connectivity: ``"random"`` hidden degrees (the paper) or ``"even"`` (deterministic).
@@ -67,6 +73,7 @@ class MADEConfig(ModelConfig):
     ensemble: int | None = None
     dropout: float = 0.3
     components: int = 5
+    output: Literal["auto", "categorical", "logistic"] = "auto"
     order: tuple[int, ...] | None = None
     connectivity: Literal["random", "even"] = "random"
     mask_seed: int = 0
@@ -87,6 +94,7 @@ class MADEConfig(ModelConfig):
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.components < 1:
             raise ValueError(f"components must be >= 1, got {self.components}")
+        cond.check_output(self.output, self.kind)
         if self.order is not None and sorted(self.order) != list(range(self.num_dims)):
             raise ValueError(
                 f"order must be a permutation of 0..{self.num_dims - 1} (one position per "
@@ -94,6 +102,12 @@ class MADEConfig(ModelConfig):
             )
         if self.connectivity not in ("random", "even"):
             raise ValueError(f"connectivity must be 'random' or 'even', got {self.connectivity!r}")
+
+    @property
+    def conditional_kind(self) -> str:
+        """The conditionals' family: ``"binary"``, ``"discrete"`` (categorical),
+        ``"logistic"`` or ``"continuous"`` (``output`` resolved for this data)."""
+        return cond.conditional_kind(self.kind, self.levels, self.output)
 
     @property
     def num_ensemble(self) -> int:
@@ -110,7 +124,8 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     ensemble mixture. :meth:`sample` always draws from the ensemble mixture without dropout.
 
     Inputs enter the network by value (discrete levels scaled to ``[0, 1]``); conditionals are
-    Bernoulli (binary), categorical over the levels (discrete) or a mixture of ``components``
+    Bernoulli (binary), categorical over the levels or a discretized logistic mixture (discrete,
+    by ``output``; the logistic from 256 levels on by default) or a mixture of ``components``
     Gaussians (continuous).
 
     Arguments:
@@ -143,18 +158,16 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         super().__init__(config, **fields)
         cfg = self.config
         d = cfg.num_dims
-        self.num_params = cond.num_params(cfg.kind, cfg.levels, cfg.components)
+        self.cond_kind = cfg.conditional_kind
+        self.num_params = cond.num_params(self.cond_kind, cfg.levels, cfg.components)
         self.net = MaskedMLP(d, self.num_params, cfg.hidden, dropout=cfg.dropout)
         # the position of each dimension under every mask's ordering (K, D)
         self.register_buffer("orders", self._make_orders(), persistent=False)
         self.register_buffer("mask_step", torch.zeros((), dtype=torch.long))
         self._mask = -1  # the mask index whose masks the net holds now
         self.use_mask(0)
-        if cfg.kind == "continuous":
-            with torch.no_grad():  # spread the mixture means over [-2, 2] at init
-                k = cfg.components
-                loc_bias = self.net.output.bias.view(d, 3, k)[:, 1]
-                loc_bias.copy_(torch.linspace(-2, 2, k) if k > 1 else torch.zeros(1))
+        if self.cond_kind in ("continuous", "logistic"):
+            cond.spread_mixture(self.net.output.bias.view(d, 3, cfg.components), self.cond_kind)
 
     # ---- masks --------------------------------------------------------------------------------
 
@@ -235,7 +248,8 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
 
     def log_prob_mask(self, x: Tensor, mask: int) -> Tensor:
         """``log p_k(x)`` of one mask ``k`` (flattened ``x (N, D)``) -> ``(N,)``."""
-        return cond.log_prob_dims(self.conditionals(x, mask), x, self.config.kind).sum(-1)
+        params = self.conditionals(x, mask)
+        return cond.log_prob_dims(params, x, self.cond_kind, self.config.levels).sum(-1)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         self._check_context(context)
@@ -291,7 +305,8 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         weight = self.net.output.weight
         device, dtype = weight.device, weight.dtype
         generator = self.sampling_generator(seed, generator)
-        d, e, kind = self.config.num_dims, self.config.num_ensemble, self.config.kind
+        d, e, kind = self.config.num_dims, self.config.num_ensemble, self.cond_kind
+        levels = self.config.levels
         which = torch.randint(e, (n,), generator=generator, device=device)
         u, eps = cond.draw_noise((n, d), kind, generator, device, dtype)
         x = torch.zeros(n, d, device=device, dtype=dtype)
@@ -306,7 +321,8 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
                 for dim in torch.argsort(self.orders[k]).tolist():  # dimensions in order
                     params = self._conditional(xk, k, dim)
                     xk[:, dim] = cond.sample_dims(
-                        params, u[rows, dim], None if eps is None else eps[rows, dim], kind
+                        params, u[rows, dim], None if eps is None else eps[rows, dim], kind,
+                        levels,
                     )
                 x[rows] = xk
         finally:
@@ -449,11 +465,14 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Start each conditional at the data's marginal: output biases get the marginal
-        log-frequencies (binary/discrete) or the marginal mean and scale (continuous)."""
+        log-frequencies (binary/discrete), the marginal mean and scale (continuous) or
+        components at the marginal's quantiles (logistic)."""
         flat = x.reshape(x.shape[0], -1).to(self.net.output.bias.dtype)  # (N, D)
         bias = self.net.output.bias.view(self.config.num_dims, self.num_params)
-        kind = self.config.kind
-        if kind == "binary":
+        kind = self.cond_kind
+        if kind == "logistic":
+            cond.initialize_logistic(bias, flat, self.config.levels)
+        elif kind == "binary":
             p = (flat.mean(0) * len(flat) + 0.5) / (len(flat) + 1.0)
             bias[:, 0] = torch.log(p) - torch.log1p(-p)
         elif kind == "discrete":
@@ -474,6 +493,8 @@ class MADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     def extra_repr(self) -> str:
         cfg = self.config
         return (
-            f"{super().extra_repr()}, kind={cfg.kind!r}, hidden={list(cfg.hidden)}, "
+            f"{super().extra_repr()}, kind={cfg.kind!r}, conditionals={self.cond_kind!r}, "
+            f"hidden={list(cfg.hidden)}, "
             f"num_masks={cfg.num_masks}, ensemble={cfg.num_ensemble}, dropout={cfg.dropout}"
         )
+

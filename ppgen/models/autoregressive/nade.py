@@ -45,7 +45,12 @@ class NADEConfig(ModelConfig):
 
     Arguments:
         hidden: the width of the single hidden layer, as a one-element list (``[500]``).
-        components: Gaussians per conditional (continuous data: RNADE).
+        components: Gaussians per conditional (continuous data: RNADE), or logistics per
+            conditional (discrete data with the logistic output).
+        output: for discrete data, ``"categorical"`` (``L`` outputs per dimension), ``"logistic"``
+            (a discretized logistic mixture, ``3 * components`` outputs per dimension) or
+            ``"auto"``: categorical below 256 levels, logistic from 256 on (8-bit data; see
+            ``_conditionals.LOGISTIC_FROM_LEVELS``).
         order: ``order[d]`` is the position of dimension ``d`` in the autoregressive order (a
             permutation of ``0..D-1``); None is the identity (raster) order.
         activation: ``"sigmoid"`` (as in the paper) or ``"relu"``.
@@ -57,6 +62,7 @@ class NADEConfig(ModelConfig):
 
     hidden: tuple[int, ...] = (500,)
     components: int = 10
+    output: Literal["auto", "categorical", "logistic"] = "auto"
     order: tuple[int, ...] | None = None
     activation: Literal["sigmoid", "relu"] = "sigmoid"
     encoding: Literal["onehot", "value"] = "value"
@@ -70,6 +76,7 @@ class NADEConfig(ModelConfig):
             )
         if self.components < 1:
             raise ValueError(f"components must be >= 1, got {self.components}")
+        cond.check_output(self.output, self.kind)
         if self.order is not None and sorted(self.order) != list(range(self.num_dims)):
             raise ValueError(
                 f"order must be a permutation of 0..{self.num_dims - 1} (one position per "
@@ -117,7 +124,8 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         super().__init__(config, **fields)
         cfg = self.config
         d, h = cfg.num_dims, cfg.hidden[0]
-        self.num_params = cond.num_params(cfg.kind, cfg.levels, cfg.components)
+        self.cond_kind = cond.conditional_kind(cfg.kind, cfg.levels, cfg.output)
+        self.num_params = cond.num_params(self.cond_kind, cfg.levels, cfg.components)
         order = torch.arange(d) if cfg.order is None else torch.tensor(cfg.order)
         # sequence[i]: the dimension sampled at step i
         self.register_buffer("sequence", torch.argsort(order), persistent=False)
@@ -132,11 +140,10 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         self.b = nn.Parameter(torch.zeros(d, self.num_params))
         if cfg.kind == "continuous":
             self.log_rho = nn.Parameter(torch.zeros(d))  # RNADE's activation scales rho_i
-            with torch.no_grad():  # spread the mixture means over [-2, 2] at init
-                k = cfg.components
-                self.b[:, k : 2 * k] = torch.linspace(-2, 2, k) if k > 1 else 0.0
         else:
             self.register_parameter("log_rho", None)
+        if self.cond_kind in ("continuous", "logistic"):
+            cond.spread_mixture(self.b.data.view(d, 3, cfg.components), self.cond_kind)
 
     # ---- the conditionals ---------------------------------------------------------------------
 
@@ -195,7 +202,8 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         self._check_x(x)
         flat = x.reshape(x.shape[0], -1).to(self.c.dtype)
         params = self.conditionals(flat)
-        return cond.log_prob_dims(params, flat[:, self.sequence], self.config.kind).sum(-1)
+        x_seq = flat[:, self.sequence]
+        return cond.log_prob_dims(params, x_seq, self.cond_kind, self.config.levels).sum(-1)
 
     @pyro_program
     def model(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
@@ -237,19 +245,20 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
         device, dtype = self.c.device, self.c.dtype
         generator = self.sampling_generator(seed, generator)
         d = self.config.num_dims
-        u, eps = cond.draw_noise((n, d), self.config.kind, generator, device, dtype)
+        kind, levels = self.cond_kind, self.config.levels
+        u, eps = cond.draw_noise((n, d), kind, generator, device, dtype)
         x_seq = torch.zeros(n, d, device=device, dtype=dtype)
         if cached:
             a = self.c.expand(n, -1)  # (n, H)
             for i in range(d):
                 params = self._activation(a, i) @ self.V[i].T + self.b[i]  # (n, P)
-                x_seq[:, i] = cond.sample_dims(params, u[:, i], _at(eps, i), self.config.kind)
+                x_seq[:, i] = cond.sample_dims(params, u[:, i], _at(eps, i), kind, levels)
                 a = a + self._input(x_seq[:, i], i)  # a_{i+1} = a_i + W_i e(x_i)
         else:
             inverse = torch.argsort(self.sequence)
             for i in range(d):
                 params = self.conditionals(x_seq[:, inverse])[:, i]
-                x_seq[:, i] = cond.sample_dims(params, u[:, i], _at(eps, i), self.config.kind)
+                x_seq[:, i] = cond.sample_dims(params, u[:, i], _at(eps, i), kind, levels)
         x = torch.empty_like(x_seq)
         x[:, self.sequence] = x_seq
         return x.reshape(n, *self.event_shape)
@@ -309,10 +318,13 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Start each conditional at the data's marginal: the output biases get the marginal
-        log-frequencies (binary/discrete) or the marginal mean and scale (continuous)."""
+        log-frequencies (binary/discrete), the marginal mean and scale (continuous) or
+        components at the marginal's quantiles (logistic)."""
         flat = x.reshape(x.shape[0], -1).to(self.b.dtype)[:, self.sequence]  # (N, D)
-        kind = self.config.kind
-        if kind == "binary":
+        kind = self.cond_kind
+        if kind == "logistic":
+            cond.initialize_logistic(self.b, flat, self.config.levels)
+        elif kind == "binary":
             p = (flat.mean(0) * len(flat) + 0.5) / (len(flat) + 1.0)
             self.b[:, 0] = torch.log(p) - torch.log1p(-p)
         elif kind == "discrete":
@@ -333,7 +345,8 @@ class NADE(AbstractGenerativeModel, ExactConditional, InitializesFromData):
     def extra_repr(self) -> str:
         cfg = self.config
         return (
-            f"{super().extra_repr()}, kind={cfg.kind!r}, hidden={cfg.hidden[0]}, "
+            f"{super().extra_repr()}, kind={cfg.kind!r}, conditionals={self.cond_kind!r}, "
+            f"hidden={cfg.hidden[0]}, "
             f"activation={cfg.activation!r}"
         )
 

@@ -47,6 +47,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from ppgen.models.autoregressive._conditionals import LOGISTIC_FROM_LEVELS
 from ppgen.models.autoregressive.pixelcnn_layers import (
     _GatedPixelCNNNet,
     _Net,
@@ -133,7 +134,7 @@ class PixelCNNConfig(ModelConfig):
         if self.output != "auto":
             return self.output
         assert self.levels is not None, "discrete data without levels"
-        return "categorical" if self.levels < 256 else "logistic"
+        return "categorical" if self.levels < LOGISTIC_FROM_LEVELS else "logistic"
 
     @property
     def params_per_subpixel(self) -> int:
