@@ -15,10 +15,11 @@ __all__ = ["DATASETS", "FAMILIES"]
 # registry's order
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "independent": ("exact", ("components",)),
-    "nade": ("exact", ("hidden", "components", "order", "activation", "encoding")),
+    "mixture": ("exact", ("components", "covariance", "em_steps")),
+    "nade": ("exact", ("hidden", "components", "output", "order", "activation", "encoding")),
     "made": ("exact", (
-        "hidden", "num_masks", "ensemble", "dropout", "components", "order", "connectivity",
-        "mask_seed"
+        "hidden", "num_masks", "ensemble", "dropout", "components", "output", "order",
+        "connectivity", "mask_seed", "order_agnostic"
     )),
     "pixelcnn": ("exact", (
         "hidden", "kernel_size", "first_kernel_size", "output", "components", "num_classes",
@@ -29,18 +30,23 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "dropout"
     )),
     "realnvp": ("exact", (
-        "transforms", "hidden", "logit_alpha", "standardize", "layout", "scales", "norm",
+        "transforms", "hidden", "logit_alpha", "standardize", "whiten", "layout", "scales",
+        "norm", "soft_clamp"
+    )),
+    "nice": ("exact", ("transforms", "hidden", "logit_alpha", "standardize", "whiten")),
+    "glow": ("exact", (
+        "transforms", "hidden", "logit_alpha", "standardize", "whiten", "layout", "scales",
         "soft_clamp"
     )),
-    "nice": ("exact", ("transforms", "hidden", "logit_alpha", "standardize")),
-    "glow": ("exact", (
-        "transforms", "hidden", "logit_alpha", "standardize", "layout", "scales", "soft_clamp"
+    "maf": ("exact", (
+        "transforms", "hidden", "logit_alpha", "standardize", "whiten", "soft_clamp"
     )),
-    "maf": ("exact", ("transforms", "hidden", "logit_alpha", "standardize", "soft_clamp")),
-    "iaf": ("exact", ("transforms", "hidden", "logit_alpha", "standardize", "soft_clamp")),
+    "iaf": ("exact", (
+        "transforms", "hidden", "logit_alpha", "standardize", "whiten", "soft_clamp"
+    )),
     "ffjord": ("exact", (
-        "transforms", "hidden", "logit_alpha", "standardize", "activation", "trace", "solver",
-        "rtol", "atol", "step_size", "adjoint", "time_length"
+        "transforms", "hidden", "logit_alpha", "standardize", "whiten", "activation", "trace",
+        "solver", "rtol", "atol", "step_size", "adjoint", "time_length"
     )),
     "vae": ("bound", (
         "latent", "hidden", "net", "decoder", "logistic_components", "prior", "components",
@@ -49,15 +55,18 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ddpm": ("bound", (
         "timesteps", "hidden", "denoiser", "time_features", "schedule", "zero_terminal_snr",
         "parameterization", "variance", "clip_denoised", "standardize", "sampler",
-        "sampling_steps", "eta"
+        "sampling_steps", "eta", "spacing"
     )),
     "gan": ("none", (
         "latent", "hidden", "objective", "architecture", "spectral_norm", "prior", "transforms",
         "r1"
     )),
+    "lgssm": ("exact", ("state",)),
+    "seq-ar": ("exact", ("hidden", "components")),
+    "dmm": ("bound", ("latent", "hidden", "warmup", "proposals")),
 }
 
 DATASETS: tuple[str, ...] = (
     "digits", "digits-binary", "2spirals", "8gaussians", "checkerboard", "grid25", "moons",
-    "pinwheel", "rings",
+    "pinwheel", "rings", "lorenz", "co2", "sunspots", "elnino", "macro",
 )

@@ -78,7 +78,7 @@ def test_every_public_name_resolves_lazily():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)
     for name in ppgen.__all__:
         assert getattr(ppgen, name) is not None, name
-    assert ppgen.fit is ppgen.inference.trainer.fit and ppgen.load is ppgen.checkpoint.load
+    assert ppgen.fit is ppgen.fitting.fit and ppgen.load is ppgen.checkpoint.load
     assert ppgen.plots.__name__ == "ppgen.plots"  # any sub-module, as before
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         ppgen.nothing  # noqa: B018
