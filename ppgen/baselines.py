@@ -15,7 +15,7 @@ Each is a :class:`ppgen.models.mixture.Mixture`, so its exact ``log_prob`` goes 
 Example:
     >>> import ppgen
     >>> from ppgen.baselines import classical_baselines
-    >>> train, val = (ppgen.datasets.load("moons", split=s) for s in ("train", "val"))
+    >>> train, val = (ppgen.datasets.load("moons", split=s).subset(400) for s in ("train", "val"))
     >>> sorted(classical_baselines(train, val))
     ['gaussian', 'gmm', 'kde']
 """

@@ -340,7 +340,8 @@ def _measure(
 
 
 def _measure_baselines(
-    train: Dataset, val: Dataset, test: Dataset, seed: int, num_samples: int, num_score: int
+    train: Dataset, val: Dataset, test: Dataset, seed: int, num_samples: int, num_score: int,
+    out: Path, density_grid: int | None,
 ) -> list[tuple[FamilyResult, Tensor]]:
     """The classical estimators of :mod:`ppgen.baselines` (settings chosen on ``val``), scored
     on ``test`` by the same ``evaluate`` path as every family and measured the same way."""
@@ -352,6 +353,9 @@ def _measure_baselines(
     rows = []
     for name, b in fitted.items():
         ev = evaluate(b.model, test, seed=seed)
+        if density_grid and _two_d(test):
+            _density_figure(b.model, name, ev.kind, test, {}, seed, density_grid,
+                            out / f"density-{name}.png")
         kl = None if test.entropy is None else ev.nats - test.entropy
         samples = b.model.sample(num_samples, seed=seed)
         sample_s = _timed(lambda m=b.model: m.sample(num_samples, seed=seed), repeats=1)
@@ -513,7 +517,7 @@ def run(
     if baselines:
         print("== classical baselines", file=sys.stderr)
         for result, x in _measure_baselines(train, val, test, seeds[0], config["num_samples"],
-                                            config["num_score"]):
+                                            config["num_score"], out, config["density_grid"]):
             results.append(result)
             samples.setdefault(result.family, x)
     if not results:

@@ -49,7 +49,9 @@ def _check_report(out: Path, data: str, families: list[str]) -> dict:
     res = json.loads(results.read_text())  # strict JSON: a NaN would be written as NaN ...
     text = report.read_text()
     assert res["data"] == data and res["preset"] == "tiny"
-    assert [r["family"] for r in res["results"]] == families
+    assert [r["family"] for r in res["results"] if r["baseline"] is None] == families
+    classical = [r for r in res["results"] if r["baseline"] is not None]
+    assert classical, "the classical baselines' rows are missing"
     for name in families:
         assert f"| {name} |" in text, f"{name} missing from the report's table"
     for key in ("Measured", "Command: `ppgen benchmark", "Versions: ppgen", "torch"):
@@ -60,7 +62,7 @@ def _check_report(out: Path, data: str, families: list[str]) -> dict:
         assert lk["kind"] in KINDS, r["family"]
         assert lk["kind"] in text
         assert lk["estimator"]
-        assert r["steps"] == 5
+        assert r["steps"] == (5 if r["baseline"] is None else 0)
         assert isinstance(r["latents"], list) and isinstance(r["posterior"], list)
     bad = [(p, v) for p, v in _numbers(res) if not math.isfinite(v)]
     assert not bad, f"non-finite numbers in results.json: {bad}"  # ... and fail here
@@ -78,7 +80,8 @@ def _check_report(out: Path, data: str, families: list[str]) -> dict:
 def test_tiny_benchmark_on_digits_one_family_of_each_kind(tmp_path):
     results = benchmark.run(data="digits", preset="tiny", families=REPRESENTATIVE,
                             out=tmp_path, progress=False)
-    assert [r.family for r in results] == REPRESENTATIVE
+    assert [r.family for r in results if r.baseline is None] == REPRESENTATIVE
+    assert [r.family for r in results if r.baseline is not None] == ["mixture"]  # classical
     res = _check_report(tmp_path, "digits", REPRESENTATIVE)
     by = {r["family"]: r for r in res["results"]}
     for name, kind in EXPECTED_KIND.items():
@@ -97,8 +100,11 @@ def test_tiny_benchmark_on_2d_toy_reports_kl_and_the_density_figure(tmp_path):
     benchmark.run(data="8gaussians", preset="tiny", families=["realnvp"], out=tmp_path,
                   progress=False)
     res = _check_report(tmp_path, "8gaussians", ["realnvp"])
-    (r,) = res["results"]
+    (r,) = [x for x in res["results"] if x["baseline"] is None]
     entropy = ppgen.datasets.load("8gaussians", "test").entropy
+    for c in res["results"]:  # the classical rows: the same identity, and their own figures
+        assert c["kl_to_data"] == pytest.approx(c["likelihood"]["nats"] - entropy, abs=1e-12)
+        assert f"density-{c['family']}.png" in res["figures"]
     # KL(p_data || p_model) = NLL - H(p_data), in nats, for an exact density: non-negative up
     # to the test split's sampling error (5000 points), and exactly the identity
     assert r["likelihood"]["kind"] == "exact"
@@ -113,7 +119,7 @@ def test_families_refusing_the_data_are_skipped_unless_named(tmp_path, monkeypat
     preset = {**tiny, "families": {k: tiny["families"][k] for k in ("pixelcnn", "independent")}}
     monkeypatch.setitem(benchmark.PRESETS, "tiny", preset)
     results = benchmark.run(data="moons", preset="tiny", out=tmp_path, progress=False)
-    assert [r.family for r in results] == ["independent"]
+    assert [r.family for r in results if r.baseline is None] == ["independent"]
     res = json.loads((tmp_path / "results.json").read_text())
     assert "pixelcnn" in res["skipped"] and "event_shape" in res["skipped"]["pixelcnn"]
     assert "Skipped" in (tmp_path / "report.md").read_text()

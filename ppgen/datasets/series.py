@@ -458,6 +458,6 @@ def load_series_file(
     elif suffix == ".npz":
         array, _ = arrays._read_npz(file, key)
     else:
-        array = arrays._read_csv(file)
+        array, _ = arrays._read_csv(file)
     return from_series(array, options["window"], split, stride=options.get("stride"),
                        standardize=standardize, name=what)

@@ -46,6 +46,10 @@ DECLARED = {
     "vae": {InitializesFromData},
     "ddpm": {DenoisingModel, InitializesFromData},
     "gan": {ImplicitModel, InitializesFromData},
+    "mixture": {InitializesFromData},
+    "lgssm": {InitializesFromData},
+    "seq-ar": {InitializesFromData},
+    "dmm": set(),
 }
 NEEDS = {"denoising": DenoisingModel, "adversarial": ImplicitModel}
 

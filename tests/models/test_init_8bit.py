@@ -9,6 +9,7 @@ import torch
 
 import ppgen
 from ppgen.datasets import Dataset
+from ppgen.models.capabilities import InitializesFromData
 
 UNIFORM = 8.0
 SLACK = 0.5  # "near": at most half a bit per dimension above the uniform model
@@ -53,7 +54,8 @@ def initial_bits_per_dim(family: str, options: dict) -> float:
     x = mnist_like(48)
     ds = Dataset("mnist-like", x, "discrete", 256)
     model = ppgen.build(family, ds, **options)
-    model.initialize(x)  # as fit does before the first step, on the data it is scored on
+    if isinstance(model, InitializesFromData):
+        model.initialize(x)  # as fit does before the first step, on the data it is scored on
     estimator = "elbo" if model.likelihood == "bound" else "auto"
     ev = ppgen.evaluate(model, x[:8], estimator=estimator, seed=0, mc_examples=0)
     return ev.bits_per_dim
